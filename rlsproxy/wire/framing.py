@@ -1,0 +1,39 @@
+"""Splitting a byte stream into protocol messages, reading only headers.
+
+A regular message is a type byte, an int32 length that counts itself, and a body. The startup
+packet has no type byte. Limits are PostgreSQL's own: MAX_STARTUP_PACKET_LENGTH is 10000 bytes
+(src/include/libpq/pqcomm.h); regular messages are capped by the caller (PqGetMessage's maxlen).
+"""
+
+from __future__ import annotations
+
+MAX_STARTUP_PACKET_LENGTH = 10_000
+HEADER = 5
+
+
+class FramingError(Exception):
+    """The peer sent a length that cannot be right; the stream cannot be resynchronised."""
+
+
+def next_message(buf: bytes | bytearray | memoryview, pos: int, limit: int) -> int:
+    """Return the end offset of the message starting at `pos`, or -1 if it is not complete yet.
+
+    Only the header is read. `limit` caps the whole message size (type byte included).
+    """
+    if len(buf) - pos < HEADER:
+        return -1
+    length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+    if length < 4 or length + 1 > limit:
+        raise FramingError(f"invalid message length {length} for message type {buf[pos]:#04x}")
+    end = pos + 1 + length
+    return end if end <= len(buf) else -1
+
+
+def startup_packet_length(buf: bytes | bytearray) -> int:
+    """Return the total length of the startup packet at the start of `buf`, or -1 if unknown yet."""
+    if len(buf) < 4:
+        return -1
+    length = int.from_bytes(buf[0:4], "big")
+    if length < 8 or length > MAX_STARTUP_PACKET_LENGTH:
+        raise FramingError(f"invalid startup packet length {length}")
+    return length

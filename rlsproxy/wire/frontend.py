@@ -1,0 +1,98 @@
+"""Frontend messages: builders for what the proxy sends upstream, decoders for the few it inspects.
+
+Decoders take a message body (after the 5-byte header) and return only what the proxy needs:
+the SQL text of Query and Parse, and the statement names of Parse, Bind, Describe and Close.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from rlsproxy.wire import codes
+from rlsproxy.wire.backend import message
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+
+SYNC = message(codes.SYNC, b"")
+FLUSH = message(codes.FLUSH, b"")
+TERMINATE = message(codes.TERMINATE, b"")
+
+
+class MalformedMessage(Exception):
+    """A message body that does not have the layout its type requires."""
+
+
+def query(sql: str) -> bytes:
+    return message(codes.QUERY, sql.encode() + b"\0")
+
+
+def parse(name: str, sql: str, param_types: tuple[int, ...] = ()) -> bytes:
+    body = name.encode() + b"\0" + sql.encode() + b"\0" + _I16.pack(len(param_types))
+    body += b"".join(_I32.pack(oid) for oid in param_types)
+    return message(codes.PARSE, body)
+
+
+def bind(statement: str, params: tuple[str | None, ...], portal: str = "") -> bytes:
+    """Bind with all parameters in text format and all results in text format."""
+    parts = [portal.encode(), b"\0", statement.encode(), b"\0", _I16.pack(0), _I16.pack(len(params))]
+    for value in params:
+        if value is None:
+            parts.append(_I32.pack(-1))
+        else:
+            raw = value.encode()
+            parts.append(_I32.pack(len(raw)))
+            parts.append(raw)
+    parts.append(_I16.pack(0))
+    return message(codes.BIND, b"".join(parts))
+
+
+def execute(portal: str = "", max_rows: int = 0) -> bytes:
+    return message(codes.EXECUTE, portal.encode() + b"\0" + _I32.pack(max_rows))
+
+
+def password(secret: bytes) -> bytes:
+    """A PasswordMessage/SASL response whose body the caller already built."""
+    return message(codes.PASSWORD_MESSAGE, secret)
+
+
+def _cstring(body: bytes | memoryview, pos: int) -> tuple[bytes, int]:
+    raw = bytes(body) if isinstance(body, memoryview) else body
+    end = raw.find(b"\0", pos)
+    if end < 0:
+        raise MalformedMessage("missing string terminator")
+    return raw[pos:end], end + 1
+
+
+def query_text(body: bytes) -> bytes:
+    """The SQL of a Query message body (without its terminator)."""
+    if not body or body[-1] != 0:
+        raise MalformedMessage("Query message is missing its string terminator")
+    return body[:-1]
+
+
+def parse_fields(body: bytes) -> tuple[bytes, bytes]:
+    """(statement name, SQL) of a Parse message body."""
+    name, pos = _cstring(body, 0)
+    sql, _ = _cstring(body, pos)
+    return name, sql
+
+
+def bind_statement(body: bytes) -> bytes:
+    """Statement name of a Bind message body (the portal name comes first)."""
+    _, pos = _cstring(body, 0)
+    name, _ = _cstring(body, pos)
+    return name
+
+
+def target(body: bytes) -> tuple[int, bytes]:
+    """(kind 'S' or 'P', name) of a Describe or Close message body."""
+    if not body:
+        raise MalformedMessage("Describe/Close message is empty")
+    name, _ = _cstring(body, 1)
+    return body[0], name
+
+
+def password_text(body: bytes) -> str:
+    raw, _ = _cstring(body, 0)
+    return raw.decode(errors="replace")
