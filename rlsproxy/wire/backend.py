@@ -55,6 +55,12 @@ def error_response(
     return message(codes.NOTICE_RESPONSE if notice else codes.ERROR_RESPONSE, body)
 
 
+def fields_message(type_byte: int, fields: dict[str, str]) -> bytes:
+    """Rebuild an ErrorResponse/NoticeResponse from decoded fields (order kept)."""
+    body = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items()) + b"\0"
+    return message(type_byte, body)
+
+
 def parse_fields(body: bytes | memoryview) -> dict[str, str]:
     """Decode the fields of an ErrorResponse or NoticeResponse body."""
     out: dict[str, str] = {}

@@ -1,0 +1,5 @@
+import sys
+
+from rlsproxy.cli import main
+
+sys.exit(main())

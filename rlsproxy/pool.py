@@ -1,0 +1,302 @@
+"""Upstream connections: login, pooling, reset on release. asyncio only; never parses client SQL.
+
+A server connection is attached to at most one client at a time (session pooling). It goes back
+to the pool only after a clean reset (ROLLBACK when a transaction is open, then DISCARD ALL);
+one that is busy, broken or fails its reset is closed instead, so no state crosses clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Protocol, cast
+
+from rlsproxy.config import PoolConfig, UpstreamConfig
+from rlsproxy.errors import PoolTimeout, ProxyError, UpstreamUnavailable
+from rlsproxy.session.expected import CTX_UNPREPARED, Pending
+from rlsproxy.session.server import Chunks, ServerState, UpstreamLogin
+from rlsproxy.wire import codes, sqlstate
+from rlsproxy.wire import frontend as fe
+
+log = logging.getLogger("rlsproxy.pool")
+
+UPSTREAM_PARAMS = {"application_name": "rlsproxy", "client_encoding": "UTF8"}
+SET_CONFIG_SQL = "SELECT set_config($1, $2, false)"
+
+
+class ServerListener(Protocol):
+    """The client side a server connection relays to while attached."""
+
+    def server_data(self, data: bytes) -> None: ...
+    def server_lost(self) -> None: ...
+    def server_paused(self, paused: bool) -> None: ...
+
+
+class ServerConnection(asyncio.Protocol):
+    """One upstream connection: its transport, its protocol state, its current listener."""
+
+    def __init__(self, login: UpstreamLogin) -> None:
+        self._login: UpstreamLogin | None = login
+        self.transport: asyncio.Transport | None = None
+        self.state: ServerState | None = None
+        self.listener: ServerListener | None = None
+        self.closed = False
+        self.idle_since = time.monotonic()
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # asyncio callbacks -------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        assert self._login is not None
+        self.transport.write(self._login.start())
+
+    def data_received(self, data: bytes) -> None:
+        if self.listener is not None:
+            self.listener.server_data(data)
+        elif self._login is not None:
+            self._login_data(data)
+        elif self.state is not None:
+            # Replies to the pool's own exchanges (settings, reset): nothing goes to a client.
+            to_server: Chunks = []
+            try:
+                self.state.receive(data, [], to_server)
+            except Exception:
+                log.exception("upstream protocol error while idle")
+                self.close()
+                return
+            self.write(to_server)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self._ready.done():
+            self._ready.set_exception(UpstreamUnavailable("upstream closed the connection during login"))
+        if self.listener is not None:
+            self.listener.server_lost()
+
+    def pause_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.server_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.server_paused(False)
+
+    # login ------------------------------------------------------------------------------------
+    def _login_data(self, data: bytes) -> None:
+        login = self._login
+        assert login is not None
+        try:
+            reply = login.receive(data)
+        except ProxyError as exc:
+            if not self._ready.done():
+                self._ready.set_exception(exc)
+            self.close()
+            return
+        if reply:
+            self.write([reply])
+        if login.done:
+            self.state = login.server_state()
+            self._login = None
+            if not self._ready.done():
+                self._ready.set_result(None)
+
+    async def ready(self) -> None:
+        await self._ready
+
+    # helpers ----------------------------------------------------------------------------------
+    def write(self, chunks: Iterable[bytes | memoryview]) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(chunks)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.write(fe.TERMINATE)
+            self.transport.close()
+
+    async def exchange(self, messages: bytes, timeout: float = 10.0) -> Pending:
+        """Run one exchange of the proxy's own (ending with Sync or Query) and wait for its end."""
+        assert self.state is not None
+        done: asyncio.Future[Pending] = asyncio.get_running_loop().create_future()
+
+        def finish(entry: Pending) -> None:
+            if not done.done():
+                done.set_result(entry)
+
+        self.write([self.state.internal(messages, finish)])
+        return await asyncio.wait_for(done, timeout)
+
+    async def apply_settings(self, settings: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+        """Set the client's startup settings at session level; values travel as bind parameters."""
+        body = b"".join(
+            fe.parse("", SET_CONFIG_SQL) + fe.bind("", (name, value)) + fe.execute()
+            for name, value in settings
+        )
+        if not body:
+            return []
+        entry = await self.exchange(body + fe.SYNC)
+        return entry.errors
+
+
+class Pool:
+    """A bounded set of logged-in upstream connections for one login role."""
+
+    def __init__(
+        self,
+        name: str,
+        upstream: UpstreamConfig,
+        cfg: PoolConfig,
+        *,
+        user: str,
+        password: str | None,
+        on_connect_error: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._upstream = upstream
+        self._cfg = cfg
+        self._user = user
+        self._password = password
+        self._idle: deque[ServerConnection] = deque()
+        self._in_use: set[ServerConnection] = set()
+        self._connecting = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._on_connect_error = on_connect_error
+        self.closing = False
+
+    # figures for metrics
+    @property
+    def size(self) -> int:
+        return len(self._idle) + len(self._in_use) + self._connecting
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    @property
+    def in_use_count(self) -> int:
+        return len(self._in_use)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> ServerConnection:
+        deadline = time.monotonic() + self._cfg.acquire_timeout_ms / 1000
+        while True:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    self._in_use.add(conn)
+                    return conn
+            if self.size < self._cfg.max_size:
+                self._connecting += 1
+                try:
+                    conn = await self._connect()
+                finally:
+                    self._connecting -= 1
+                self._in_use.add(conn)
+                return conn
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._timeout()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                raise self._timeout() from None
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+
+    def _timeout(self) -> PoolTimeout:
+        return PoolTimeout(
+            f"rlsproxy: no upstream connection available within {self._cfg.acquire_timeout_ms} ms "
+            f"(pool {self.name!r} has {self._cfg.max_size} connections, all in use)",
+            hint="raise pool.max_size (within Postgres' max_connections) or pool.acquire_timeout_ms",
+        )
+
+    async def _connect(self) -> ServerConnection:
+        loop = asyncio.get_running_loop()
+        login = UpstreamLogin(self._user, self._password, self._upstream.database, dict(UPSTREAM_PARAMS))
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: ServerConnection(login), self._upstream.host, self._upstream.port
+                ),
+                self._upstream.connect_timeout_s,
+            )
+            await asyncio.wait_for(conn.ready(), self._upstream.connect_timeout_s)
+        except ProxyError:
+            self._connect_failed()
+            raise
+        except (OSError, TimeoutError) as exc:
+            self._connect_failed()
+            raise UpstreamUnavailable(
+                f"rlsproxy: cannot connect to upstream PostgreSQL at "
+                f"{self._upstream.host}:{self._upstream.port}: {exc or 'timed out'}",
+                code=sqlstate.CANNOT_CONNECT_NOW,
+            ) from exc
+        return conn
+
+    def _connect_failed(self) -> None:
+        if self._on_connect_error is not None:
+            self._on_connect_error()
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def release(self, conn: ServerConnection, *, reusable: bool) -> None:
+        """Give a connection back after a clean reset, or close it."""
+        self._in_use.discard(conn)
+        conn.listener = None
+        try:
+            if reusable and not self.closing and await self._reset(conn):
+                conn.idle_since = time.monotonic()
+                self._idle.append(conn)
+                return
+            conn.close()
+        finally:
+            self._wake()
+
+    async def _reset(self, conn: ServerConnection) -> bool:
+        state = conn.state
+        if conn.closed or state is None or state.pending:
+            return False
+        try:
+            if state.tx_status != codes.TX_IDLE:
+                await conn.exchange(fe.query("ROLLBACK"))
+            entry = await conn.exchange(fe.query("DISCARD ALL"))
+        except (TimeoutError, ConnectionError):
+            return False
+        if entry.errors or conn.closed or state.tx_status != codes.TX_IDLE:
+            return False
+        state.ctx = CTX_UNPREPARED
+        return True
+
+    def reap_idle(self) -> None:
+        """Close connections idle for longer than pool.idle_timeout_s (and dead ones)."""
+        cutoff = time.monotonic() - self._cfg.idle_timeout_s
+        keep: deque[ServerConnection] = deque()
+        for conn in self._idle:
+            if conn.closed or conn.idle_since < cutoff:
+                conn.close()
+            else:
+                keep.append(conn)
+        self._idle = keep
+
+    def close_all(self) -> None:
+        self.closing = True
+        for conn in list(self._idle) + list(self._in_use):
+            conn.close()
+        self._idle.clear()

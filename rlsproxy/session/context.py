@@ -1,0 +1,35 @@
+"""The context prefix: the messages that put a transaction under the client's identity.
+
+The statement is prepared once per server connection under a reserved name and executed with
+the role and the claims as bind parameters (never pasted into SQL). `set_config(..., true)` is
+transaction-local, so the context ends with the transaction and a server connection at rest is
+the login role, which has no privileges of its own: a missing context fails closed.
+"""
+
+from __future__ import annotations
+
+from rlsproxy.wire import codes
+from rlsproxy.wire import frontend as fe
+from rlsproxy.wire.backend import message
+
+CONTEXT_STATEMENT = "rlsproxy_ctx"
+CONTEXT_SQL = "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)"
+TEXT_OID = 25
+
+PARSE_CONTEXT = fe.parse(CONTEXT_STATEMENT, CONTEXT_SQL, (TEXT_OID, TEXT_OID))
+# Close of a statement that does not exist is not an error, so Close+Parse re-prepares safely
+# when the proxy cannot be sure the statement is there (after DISCARD ALL or a failed prefix).
+CLOSE_CONTEXT = message(codes.CLOSE, b"S" + CONTEXT_STATEMENT.encode() + b"\0")
+EXECUTE_UNNAMED = fe.execute()
+
+# Placeholder statement sent in place of a refused client message. Postgres fails it at parse
+# time with a syntax error naming this word, which the relay recognises and replaces with the
+# refusal: the server's transaction is aborted exactly as a real error would abort it.
+REFUSAL_MARKER = "RLSPROXY_REFUSED"
+REFUSAL_QUERY = fe.query(REFUSAL_MARKER)
+REFUSAL_PARSE = fe.parse("", REFUSAL_MARKER)
+
+
+def context_prefix(role: str, claims_json: str) -> bytes:
+    """Bind + Execute of the context statement for one identity: built once per identity."""
+    return fe.bind(CONTEXT_STATEMENT, (role, claims_json)) + EXECUTE_UNNAMED

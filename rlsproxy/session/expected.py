@@ -1,0 +1,66 @@
+"""What a server connection still owes, in the order it will answer.
+
+Postgres answers messages in order, so the replies to the proxy's own messages (the context
+prefix, a reset, a settings update) can be told apart from the client's by position alone: each
+entry says who the next replies belong to and which reply ends the entry. Client entries end at
+the ReadyForQuery that answers the client's Sync or Query; the proxy's prefix ends at its
+CommandComplete (or its error, after which Postgres skips to the next Sync); internal entries end
+at their own ReadyForQuery. (This is PgBouncer's and pgdog's approach, not special cases in the relay.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PREFIX = 0  # the context prefix (Close? Parse? Bind Execute): replies swallowed
+CLIENT = 1  # the client's messages up to its Sync/Query: replies forwarded
+INTERNAL = 2  # the proxy's own exchange ending with its Sync or Query: replies swallowed
+
+CTX_UNPREPARED = 0  # the context statement does not exist: send Parse before Bind
+CTX_PREPARED = 1
+CTX_UNKNOWN = 2  # may or may not exist (after DISCARD ALL or a failed prefix): Close, then Parse
+
+
+class Pending:
+    """One entry of the queue. Slots, not a dataclass: one is made per client batch."""
+
+    __slots__ = (
+        "closed",
+        "deferred_sync",
+        "errors",
+        "kind",
+        "needs_sync",
+        "offsets",
+        "on_done",
+        "prefix_failed",
+        "replacement",
+        "stmt_index",
+        "translated",
+    )
+
+    def __init__(self, kind: int, *, closed: bool = False) -> None:
+        self.kind = kind
+        # CLIENT: the client sent the Sync or Query that ends this batch (later messages open a new one).
+        self.closed = closed
+        # CLIENT: ended by a client Query with no Sync behind it; if its prefix fails, Postgres skips
+        # to a Sync that would never come, so the proxy sends one.
+        self.needs_sync = False
+        # CLIENT: its prefix failed while the batch was still open; a Query ending it needs a Sync.
+        self.prefix_failed = False
+        # CLIENT: a simple Query sent as extended messages (see simple.py): drop the replies a
+        # simple Query never gets, and shift error positions of later statements by `offsets`.
+        self.translated = False
+        self.offsets: tuple[int, ...] | None = None
+        self.stmt_index = 0
+        # CLIENT: the proxy's Sync for a translated COPY FROM STDIN waits for the client's CopyDone
+        # (Postgres ignores Sync during COPY).
+        self.deferred_sync = False
+        # CLIENT: the ErrorResponse to show instead of the syntax error of a refusal placeholder.
+        self.replacement: bytes | None = None
+        # INTERNAL: error fields seen, and a callback when the entry is done.
+        self.errors: list[dict[str, str]] = []
+        self.on_done: Any = None
+
+    def __repr__(self) -> str:
+        names = {PREFIX: "PREFIX", CLIENT: "CLIENT", INTERNAL: "INTERNAL"}
+        return f"<Pending {names[self.kind]} closed={self.closed} translated={self.translated}>"

@@ -1,0 +1,340 @@
+"""The client side of a session: what the client sends, checked and framed for the server.
+
+`Relay.feed_client` is the client-to-server hot path. Per message it reads the header; it decodes
+only Query and Parse (SQL for the guard, one dict lookup per distinct text) and the statement names
+of Bind/Describe/Close. Everything else is forwarded as slices of the received buffer.
+
+Transactions: when the client starts a batch (its first message after a Sync or Query) and the
+server may be outside a transaction, the context prefix goes first. Postgres runs the prefix and
+the client's messages up to the Sync in one implicit transaction (or in the explicit one the client
+opens), so the context applies exactly to the client's transaction and ends with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rlsproxy.errors import ProtocolViolation
+from rlsproxy.session import context
+from rlsproxy.session.expected import CLIENT, CTX_UNKNOWN, PREFIX, Pending
+from rlsproxy.session.guard import Guard, Verdict, is_reserved_statement_name
+from rlsproxy.session.server import Chunks, ServerState
+from rlsproxy.session.simple import Translation, decode_sql, translate
+from rlsproxy.wire import backend as be
+from rlsproxy.wire import codes, sqlstate
+from rlsproxy.wire import frontend as fe
+
+_FORWARD_ONLY = frozenset((codes.FLUSH,))
+_COPY_MESSAGES = frozenset((codes.COPY_DATA, codes.COPY_DONE, codes.COPY_FAIL))
+
+
+class Classifier:
+    """The guard's verdicts keyed by the raw SQL bytes, so a repeated statement costs one lookup."""
+
+    def __init__(self, guard: Guard, max_entries: int = 10_000) -> None:
+        self._guard = guard
+        self._cache: dict[bytes, Verdict] = {}
+        self._translations: dict[bytes, Translation] = {}
+        self._max = max_entries
+
+    def verdict(self, sql: bytes) -> Verdict:
+        found = self._cache.get(sql)
+        if found is not None:
+            return found
+        result = self._guard.check(decode_sql(sql)[0])
+        if len(self._cache) >= self._max:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[sql] = result
+        return result
+
+    def translation(self, sql: bytes) -> Translation:
+        found = self._translations.get(sql)
+        if found is None:
+            found = translate(sql)
+            if len(self._translations) >= self._max:
+                self._translations.pop(next(iter(self._translations)))
+            self._translations[sql] = found
+        return found
+
+
+def refusal_error(verdict: Verdict) -> bytes:
+    return be.error_response(
+        verdict.sqlstate or sqlstate.INSUFFICIENT_PRIVILEGE,
+        verdict.message or "rlsproxy: statement refused",
+        hint=verdict.hint,
+        position=verdict.position,
+    )
+
+
+FUNCTION_CALL_REFUSED = be.error_response(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "rlsproxy: the FunctionCall protocol message is not allowed",
+    hint="call the function with a SELECT statement instead",
+)
+COPY_NOT_LAST_REFUSED = be.error_response(
+    sqlstate.FEATURE_NOT_SUPPORTED,
+    "rlsproxy: COPY FROM STDIN must be the last statement of a multi-statement query",
+    hint="send the COPY as a query of its own",
+)
+RESERVED_NAME_REFUSED = be.error_response(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    'rlsproxy: prepared statement names starting with "rlsproxy_" are reserved for the proxy',
+)
+
+
+class Relay:
+    """Client-side state of one session; attach it to a server connection to relay."""
+
+    def __init__(
+        self,
+        prefix: bytes,
+        classifier: Classifier,
+        *,
+        max_message: int,
+        on_refusal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.prefix = prefix  # context_prefix() of the current identity
+        self.server: ServerState | None = None
+        self.terminated = False
+        self.statements = 0
+        self.transactions = 0
+        self._classifier = classifier
+        self._max = max_message
+        self._on_refusal = on_refusal
+        self._rest = b""
+        self._open: Pending | None = None  # the client batch not yet ended by Sync/Query
+        self._syncs_after_execute = 0
+        self._copy_in = False
+        self._copy_entry: Pending | None = None  # a COPY FROM STDIN Query whose Sync waits for CopyDone
+
+    # -- attachment -------------------------------------------------------------------------
+    def attach(self, server: ServerState) -> None:
+        self.server = server
+
+    def detach(self) -> ServerState | None:
+        server, self.server = self.server, None
+        return server
+
+    @property
+    def busy(self) -> bool:
+        """In the middle of COPY FROM STDIN: the server connection cannot be reset and reused."""
+        return self._copy_in
+
+    # -- server to client ---------------------------------------------------------------------
+    def feed_server(self, data: bytes, to_client: Chunks, to_server: Chunks) -> None:
+        assert self.server is not None
+        self.server.receive(data, to_client, to_server)
+
+    # -- client to server ---------------------------------------------------------------------
+    def feed_client(self, data: bytes, to_server: Chunks, to_client: Chunks) -> None:
+        if self._rest:
+            data = self._rest + data
+            self._rest = b""
+        server = self.server
+        assert server is not None
+        view = memoryview(data)
+        n = len(data)
+        pos = fwd = 0
+        while n - pos >= 5:
+            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            end = pos + 1 + length
+            if length < 4 or length + 1 > self._max:
+                raise ProtocolViolation(f"invalid message length {length}")
+            if end > n:
+                break
+            t = data[pos]
+            if t == codes.EXECUTE:
+                if self._open is None:
+                    fwd = self._flush(view, fwd, pos, to_server)
+                    self._open_batch(server, to_server, context=True)
+                self._syncs_after_execute = 0
+                self.statements += 1
+            elif t == codes.SYNC:
+                self._end_batch(server)
+                self._syncs_after_execute += 1
+            elif t in _COPY_MESSAGES:
+                if not self._copy_in:
+                    self._copy_started(server)
+                if t != codes.COPY_DATA:
+                    self._copy_in = False
+                    entry, self._copy_entry = self._copy_entry, None
+                    if entry is not None and entry.deferred_sync:
+                        entry.deferred_sync = False
+                        fwd = self._flush(view, fwd, end, to_server)
+                        to_server.append(fe.SYNC)
+            elif t in _FORWARD_ONLY:
+                pass
+            elif t == codes.QUERY:
+                fwd = self._flush(view, fwd, pos, to_server)
+                self._query(server, data[pos + 5 : end], view[pos:end], to_server)
+                fwd = end
+            elif t in (codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE):
+                fwd = self._flush(view, fwd, pos, to_server)
+                self._extended(server, t, data[pos + 5 : end], view[pos:end], to_server)
+                fwd = end
+            elif t == codes.FUNCTION_CALL:
+                fwd = self._flush(view, fwd, pos, to_server)
+                self._refuse_query(server, "function_call", FUNCTION_CALL_REFUSED, to_server)
+                fwd = end
+            elif t == codes.TERMINATE:
+                self._flush(view, fwd, pos, to_server)
+                self.terminated = True
+                return
+            else:
+                raise ProtocolViolation(f"invalid frontend message type {t}")
+            pos = end
+        self._flush(view, fwd, pos, to_server)
+        if pos < n:
+            self._rest = bytes(view[pos:])
+
+    @staticmethod
+    def _flush(view: memoryview, fwd: int, pos: int, to_server: Chunks) -> int:
+        if fwd < pos:
+            to_server.append(view[fwd:pos])
+        return pos
+
+    # -- batches ------------------------------------------------------------------------------
+    def _open_batch(self, server: ServerState, to_server: Chunks, *, context: bool) -> bool:
+        """Start a client batch; put the context prefix first unless surely inside a transaction.
+
+        Returns whether a prefix was sent.
+        """
+        prefixed = context and self._may_be_idle(server)
+        if prefixed:
+            to_server.append(server.context_messages(self.prefix))
+            server.pending.append(Pending(PREFIX))
+            self.transactions += 1
+        self._open = Pending(CLIENT)
+        server.pending.append(self._open)
+        return prefixed
+
+    def _end_batch(self, server: ServerState) -> None:
+        if self._open is not None:
+            self._open.closed = True
+            self._open = None
+        else:
+            server.pending.append(Pending(CLIENT, closed=True))
+
+    def _query(self, server: ServerState, body: bytes, raw: memoryview, to_server: Chunks) -> None:
+        sql = fe.query_text(body)
+        verdict = self._classifier.verdict(sql)
+        action = verdict.action
+        if action == "refuse":
+            self._refuse_query(server, verdict.rule or "refused", refusal_error(verdict), to_server)
+            return
+        self._syncs_after_execute = 0
+        self.statements += 1
+        # DISCARD ALL must run outside any transaction, so it goes without the prefix; it runs
+        # as the login role, which can read nothing. It also drops the context statement.
+        if self._open is None and action != "discard_all" and self._may_be_idle(server):
+            self._query_in_new_transaction(server, sql, to_server)
+        else:
+            # Inside the client's transaction (or DISCARD ALL): the Query goes as it came.
+            if self._open is None:
+                self._open_batch(server, to_server, context=False)
+            entry = self._open
+            assert entry is not None
+            to_server.append(raw)
+            entry.needs_sync = True
+            if entry.prefix_failed:  # Postgres is skipping to a Sync and the client sends none
+                to_server.append(fe.SYNC)
+            self._end_batch(server)
+        if action in ("discard_all", "deallocate_all"):
+            server.ctx = CTX_UNKNOWN
+
+    def _query_in_new_transaction(self, server: ServerState, sql: bytes, to_server: Chunks) -> None:
+        """Prefix + the Query as extended messages + Sync (see simple.py for why)."""
+        translation = self._classifier.translation(sql)
+        if translation.copy_not_last:
+            self._refuse_query(server, "copy_not_last", COPY_NOT_LAST_REFUSED, to_server)
+            return
+        self._open_batch(server, to_server, context=True)
+        entry = self._open
+        assert entry is not None
+        entry.translated = True
+        entry.offsets = translation.offsets
+        to_server.append(translation.messages)
+        if translation.copy_in:
+            entry.deferred_sync = True
+            self._copy_entry = entry
+        else:
+            to_server.append(fe.SYNC)
+        self._end_batch(server)
+
+    @staticmethod
+    def _may_be_idle(server: ServerState) -> bool:
+        """Not surely inside a transaction: replies are outstanding, or the last status was idle."""
+        return bool(server.pending) or server.tx_status == codes.TX_IDLE
+
+    def _extended(self, server: ServerState, t: int, body: bytes, raw: memoryview, to_server: Chunks) -> None:
+        if t == codes.PARSE:
+            name, sql = fe.parse_fields(body)
+            if is_reserved_statement_name(name.decode(errors="replace")):
+                self._refuse_extended(server, "reserved_name", RESERVED_NAME_REFUSED, to_server)
+                return
+            verdict = self._classifier.verdict(sql)
+            if verdict.action == "refuse":
+                self._refuse_extended(server, verdict.rule or "refused", refusal_error(verdict), to_server)
+                return
+            if self._open is None:
+                self._open_batch(server, to_server, context=verdict.action != "discard_all")
+            if verdict.action in ("discard_all", "deallocate_all"):
+                server.ctx = CTX_UNKNOWN
+        else:
+            if t == codes.BIND:
+                name = fe.bind_statement(body)
+            else:
+                kind, name = fe.target(body)
+                if kind != ord("S"):
+                    name = b""
+            if name and is_reserved_statement_name(name.decode(errors="replace")):
+                self._refuse_extended(server, "reserved_name", RESERVED_NAME_REFUSED, to_server)
+                return
+            if self._open is None:
+                self._open_batch(server, to_server, context=True)
+        to_server.append(raw)
+
+    def _refuse_extended(self, server: ServerState, rule: str, error: bytes, to_server: Chunks) -> None:
+        """Send a placeholder that fails at Parse, so Postgres aborts and skips to Sync as it would."""
+        if self._open is None:
+            self._open_batch(server, to_server, context=False)
+        entry = self._open
+        assert entry is not None
+        if entry.replacement is None:
+            entry.replacement = error
+        to_server.append(context.REFUSAL_PARSE)
+        self._refused(rule)
+
+    def _refuse_query(self, server: ServerState, rule: str, error: bytes, to_server: Chunks) -> None:
+        if self._open is None:
+            self._open_batch(server, to_server, context=False)
+        entry = self._open
+        assert entry is not None
+        entry.needs_sync = True
+        if entry.replacement is None:
+            entry.replacement = error
+        to_server.append(context.REFUSAL_QUERY)
+        if entry.prefix_failed:
+            to_server.append(fe.SYNC)
+        self._end_batch(server)
+        self._refused(rule)
+
+    def _refused(self, rule: str) -> None:
+        if self._on_refusal is not None:
+            self._on_refusal(rule)
+
+    def _copy_started(self, server: ServerState) -> None:
+        """The client streams COPY data, so the COPY FROM STDIN it asked for has begun.
+
+        Postgres ignores Sync while it reads COPY data, so the Syncs the client sent right after
+        the Execute (libpq does) will get no ReadyForQuery: fold their entries back into the batch.
+        """
+        self._copy_in = True
+        extra = self._syncs_after_execute
+        if extra and server.pending:
+            for _ in range(extra - 1):
+                server.pending.pop()
+            batch = server.pending[-1]
+            batch.closed = False
+            self._open = batch
+        self._syncs_after_execute = 0

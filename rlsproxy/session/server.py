@@ -1,0 +1,239 @@
+"""One upstream server connection as seen by the proxy: login, transaction status, owed replies.
+
+`ServerState.receive` is the server-to-client hot path. Per message it reads the 5-byte header
+and looks at the head of the queue of expected replies; runs of messages that belong to the client
+are forwarded as slices of the received buffer, replies to the proxy's own messages are dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from rlsproxy.auth.upstream import UpstreamAuth
+from rlsproxy.errors import ProxyError
+from rlsproxy.session import context
+from rlsproxy.session.expected import (
+    CLIENT,
+    CTX_PREPARED,
+    CTX_UNKNOWN,
+    CTX_UNPREPARED,
+    INTERNAL,
+    PREFIX,
+    Pending,
+)
+from rlsproxy.wire import backend as be
+from rlsproxy.wire import codes, sqlstate
+from rlsproxy.wire import frontend as fe
+from rlsproxy.wire.framing import FramingError
+from rlsproxy.wire.startup import build_startup_message
+
+Chunks = list[bytes | memoryview]
+_MARKER = context.REFUSAL_MARKER.encode()
+# Replies to the extended messages that stand in for a simple Query; a simple Query never gets them.
+_TRANSLATION_ONLY = frozenset((codes.PARSE_COMPLETE, codes.BIND_COMPLETE, codes.NO_DATA))
+# Replies that may arrive at any time and always belong to the client.
+_ASYNC = frozenset((codes.NOTICE_RESPONSE, codes.NOTIFICATION_RESPONSE, codes.PARAMETER_STATUS))
+# Upper bound on one server message; DataRows of 1 GB fields exist, the framing only needs a sanity cap.
+MAX_SERVER_MESSAGE = 1 << 31
+
+
+class ServerState:
+    """Protocol state of one logged-in upstream connection (no I/O)."""
+
+    def __init__(self, params: dict[str, str], pid: int, secret: bytes) -> None:
+        self.params = params  # ParameterStatus values, kept current
+        self.pid = pid
+        self.secret = secret
+        self.tx_status = codes.TX_IDLE
+        self.ctx = CTX_UNPREPARED
+        self.pending: deque[Pending] = deque()
+        self._rest = b""  # an incomplete message left over from the last read
+
+    @property
+    def idle(self) -> bool:
+        """Nothing owed and no transaction open: safe to hand to another client or to reset."""
+        return not self.pending and self.tx_status == codes.TX_IDLE
+
+    def receive(self, data: bytes, to_client: Chunks, to_server: Chunks) -> None:
+        """Consume server bytes; append what the client must see, and any proxy reply to the server."""
+        if self._rest:
+            data = self._rest + data
+            self._rest = b""
+        view = memoryview(data)
+        n = len(data)
+        pos = fwd = 0
+        pending = self.pending
+        while n - pos >= 5:
+            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            end = pos + 1 + length
+            if length < 4 or length >= MAX_SERVER_MESSAGE:
+                raise FramingError(f"server sent an invalid message length {length}")
+            if end > n:
+                break
+            t = data[pos]
+            head = pending[0] if pending else None
+            if head is None or head.kind == CLIENT:
+                if t == codes.DATA_ROW:  # the bulk of most streams
+                    pass
+                elif t == codes.READY_FOR_QUERY:
+                    self.tx_status = data[pos + 5]
+                    if head is not None:
+                        pending.popleft()
+                elif head is not None and (head.translated or head.replacement is not None):
+                    if head.translated and t in _TRANSLATION_ONLY:
+                        if fwd < pos:
+                            to_client.append(view[fwd:pos])
+                        fwd = end
+                    elif t == codes.ERROR_RESPONSE:
+                        if fwd < pos:
+                            to_client.append(view[fwd:pos])
+                        to_client.append(self._client_error(head, data[pos:end]))
+                        fwd = end
+                    elif t == codes.COMMAND_COMPLETE or t == codes.EMPTY_QUERY_RESPONSE:
+                        head.stmt_index += 1
+                elif t == codes.PARAMETER_STATUS:
+                    self._note_parameter(data[pos + 5 : end])
+                pos = end
+                continue
+            # The head is the proxy's own exchange.
+            if t in _ASYNC:
+                if t == codes.PARAMETER_STATUS:
+                    self._note_parameter(data[pos + 5 : end])
+                pos = end
+                continue
+            if fwd < pos:
+                to_client.append(view[fwd:pos])
+            fwd = end
+            if head.kind == PREFIX:
+                if t == codes.COMMAND_COMPLETE:
+                    # ctx was set when the Parse went out: a DEALLOCATE/DISCARD the client sent
+                    # since then may already have marked it unknown again.
+                    pending.popleft()
+                elif t == codes.ERROR_RESPONSE:
+                    # Fail closed: the client's messages up to the next Sync are skipped by
+                    # Postgres; the client sees why. A Query batch needs the proxy's own Sync.
+                    pending.popleft()
+                    self.ctx = CTX_UNKNOWN
+                    to_client.append(view[pos:end])
+                    batch = pending[0] if pending else None
+                    self._after_failed_prefix(batch, to_server)
+            elif head.kind == INTERNAL:
+                if t == codes.ERROR_RESPONSE:
+                    head.errors.append(be.parse_fields(data[pos + 5 : end]))
+                elif t == codes.READY_FOR_QUERY:
+                    self.tx_status = data[pos + 5]
+                    pending.popleft()
+                    if head.on_done is not None:
+                        head.on_done(head)
+            pos = end
+        if fwd < pos:
+            to_client.append(view[fwd:pos])
+        if pos < n:
+            self._rest = bytes(view[pos:])
+
+    @staticmethod
+    def _client_error(head: Pending, raw: bytes) -> bytes | memoryview:
+        """The error the client sees: our refusal for the placeholder, or Postgres' own,
+        its position shifted to the whole Query text for a later statement of a translated Query."""
+        if head.replacement is not None:
+            replacement, head.replacement = head.replacement, None
+            if _MARKER in raw:
+                return replacement
+        if head.offsets and head.stmt_index:
+            fields = be.parse_fields(raw[5:])
+            if "P" in fields and head.stmt_index < len(head.offsets):
+                fields["P"] = str(int(fields["P"]) + head.offsets[head.stmt_index])
+                return be.fields_message(codes.ERROR_RESPONSE, fields)
+        return raw
+
+    @staticmethod
+    def _after_failed_prefix(batch: Pending | None, to_server: Chunks) -> None:
+        """Postgres now skips to the next Sync: make sure one comes and the client gets one ReadyForQuery."""
+        if batch is None:
+            return
+        if batch.deferred_sync:  # a COPY FROM STDIN that will not run: no COPY, so Sync now
+            batch.deferred_sync = False
+            to_server.append(fe.SYNC)
+        elif batch.needs_sync:  # a client Query ended the batch and no Sync follows it
+            to_server.append(fe.SYNC)
+        elif not batch.closed:  # if a Query ends it later, the relay adds the Sync
+            batch.prefix_failed = True
+
+    def _note_parameter(self, body: bytes) -> None:
+        name, value = be.parse_parameter_status(body)
+        self.params[name] = value
+
+    def context_messages(self, prefix: bytes) -> bytes:
+        """The prefix for one transaction, preparing the context statement when needed."""
+        if self.ctx == CTX_PREPARED:
+            return prefix
+        head = context.PARSE_CONTEXT + prefix
+        if self.ctx == CTX_UNKNOWN:
+            head = context.CLOSE_CONTEXT + head
+        self.ctx = CTX_PREPARED  # optimistic; a failed prefix sets it back to unknown
+        return head
+
+    def internal(self, messages: bytes, on_done: Callable[[Pending], None] | None = None) -> bytes:
+        """Queue the proxy's own exchange (which must end with Sync or a Query); return its bytes."""
+        entry = Pending(INTERNAL)
+        entry.on_done = on_done
+        self.pending.append(entry)
+        return messages
+
+
+class UpstreamLogin:
+    """The proxy's own startup and authentication with Postgres, up to the first ReadyForQuery."""
+
+    def __init__(self, user: str, password: str | None, database: str, params: dict[str, str]) -> None:
+        self._auth = UpstreamAuth(user, password)
+        self._startup = build_startup_message({"user": user, "database": database, **params})
+        self._buf = b""
+        self.params: dict[str, str] = {}
+        self.pid = 0
+        self.secret = b""
+        self.done = False
+
+    def start(self) -> bytes:
+        return self._startup
+
+    def receive(self, data: bytes) -> bytes:
+        """Consume login replies; return bytes to send. Raises ProxyError on failure."""
+        self._buf += data
+        out = b""
+        pos = 0
+        buf = self._buf
+        while len(buf) - pos >= 5 and not self.done:
+            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            end = pos + 1 + length
+            if length < 4 or length > 1 << 20:
+                raise ProxyError("upstream sent an invalid login message", code=sqlstate.CONNECTION_FAILURE)
+            if end > len(buf):
+                break
+            t, body = buf[pos], buf[pos + 5 : end]
+            if t == codes.AUTHENTICATION:
+                reply = self._auth.respond(int.from_bytes(body[:4], "big"), body[4:])
+                if reply is not None:
+                    out += fe.password(reply)
+            elif t == codes.PARAMETER_STATUS:
+                name, value = be.parse_parameter_status(body)
+                self.params[name] = value
+            elif t == codes.BACKEND_KEY_DATA:
+                self.pid = int.from_bytes(body[:4], "big")
+                self.secret = bytes(body[4:])
+            elif t == codes.READY_FOR_QUERY:
+                self.done = True
+            elif t == codes.ERROR_RESPONSE:
+                fields = be.parse_fields(body)
+                raise ProxyError(
+                    f"upstream login failed: {fields.get('M', 'unknown error')}",
+                    code=fields.get("C", sqlstate.CONNECTION_FAILURE),
+                    fatal=True,
+                )
+            # NoticeResponse and NegotiateProtocolVersion during login need no answer.
+            pos = end
+        self._buf = buf[pos:]
+        return out
+
+    def server_state(self) -> ServerState:
+        return ServerState(self.params, self.pid, self.secret)

@@ -1,0 +1,153 @@
+"""Session pooling: reuse without leaks, rollback on disconnect, exhaustion, upstream outages."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from rlsproxy.config import PoolConfig
+from rlsproxy.devcluster import ALICE, BOB
+from tests.integration.conftest import token_for
+from tests.support.proxy import RunningProxy
+from tests.support.rawpg import RawConnection, error_fields
+
+
+def test_server_connection_reused_without_leaking_state(make_proxy: Any) -> None:
+    proxy = make_proxy(pool=PoolConfig(max_size=1, acquire_timeout_ms=3000))
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as a:
+        pid = a.execute("select pg_backend_pid()").fetchone()
+        a.execute("select set_config('app.tenant', 'alice-tenant', false)")
+        a.execute("create temp table leftovers (x int)")
+        a.execute("prepare mine as select 1")
+    with psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as b:
+        assert pid is not None
+        assert b.execute("select current_setting('app.tenant', true)").fetchone() in ((None,), ("",))
+        assert b.execute("select count(*) from pg_prepared_statements where name = 'mine'").fetchone() == (0,)
+        assert b.execute("select auth.uid()::text").fetchone() == (BOB,)
+        assert b.execute("select count(*) from pg_class where relname = 'leftovers'").fetchone() == (0,)
+
+
+def test_disconnect_inside_transaction_rolls_back(make_proxy: Any) -> None:
+    proxy = make_proxy(pool=PoolConfig(max_size=1, acquire_timeout_ms=3000))
+    conn = psycopg.connect(proxy.dsn(token=token_for(ALICE)))
+    conn.execute("insert into notes (user_id, title) values (%s, 'uncommitted')", (ALICE,))
+    conn.pgconn.finish()  # vanish without COMMIT or Terminate
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as again:
+        assert again.execute("select count(*) from notes where title = 'uncommitted'").fetchone() == (0,)
+        assert again.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_pool_exhaustion_gives_53300(make_proxy: Any) -> None:
+    proxy = make_proxy(pool=PoolConfig(max_size=1, acquire_timeout_ms=300))
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE))):
+        raw = RawConnection(proxy.port, {"user": "app", "database": "app",
+                                         "options": f"-c rlsproxy.jwt={token_for(BOB)}"})
+        fields = error_fields(raw.greeting[-1])
+        raw.close()
+        assert fields["C"] == "53300"
+        assert "no upstream connection available" in fields["M"]
+    with psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as b:  # freed again
+        assert b.execute("select 1").fetchone() == (1,)
+
+
+def test_waiting_client_gets_released_connection(make_proxy: Any) -> None:
+    proxy = make_proxy(pool=PoolConfig(max_size=1, acquire_timeout_ms=5000))
+    first = psycopg.connect(proxy.dsn(token=token_for(ALICE)))
+    threading.Timer(0.3, first.close).start()
+    start = time.monotonic()
+    with psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as b:
+        assert b.execute("select auth.uid()::text").fetchone() == (BOB,)
+    assert time.monotonic() - start < 4
+
+
+def test_upstream_down_then_back(make_proxy: Any, pg: Any) -> None:
+    proxy = make_proxy()
+    pg.stop()
+    try:
+        raw = RawConnection(proxy.port, {"user": "app", "database": "app",
+                                         "options": f"-c rlsproxy.jwt={token_for(ALICE)}"})
+        fields = error_fields(raw.greeting[-1])
+        raw.close()
+        assert fields["C"] == "57P03"
+        assert "cannot connect to upstream" in fields["M"]
+    finally:
+        pg.start()
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
+        assert conn.execute("select count(*) from notes").fetchone() == (3,)
+
+
+def test_upstream_dies_mid_session(proxy: RunningProxy, pg: Any) -> None:
+    conn = psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True)
+    pid = conn.execute("select pg_backend_pid()").fetchone()
+    assert pid is not None
+    pg.psql(f"select pg_terminate_backend({pid[0]})")
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute("select 1")
+    conn.close()
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as again:  # replaced
+        assert again.execute("select count(*) from notes").fetchone() == (3,)
+
+
+def test_cancel_reaches_only_own_backend(proxy: RunningProxy) -> None:
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as victim, \
+            psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as other:
+        threading.Timer(0.5, victim.cancel).start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            victim.execute("select pg_sleep(10)")
+        assert other.execute("select 1").fetchone() == (1,)
+        assert victim.execute("select 2").fetchone() == (2,)
+
+
+def test_cancel_with_wrong_key_is_ignored(proxy: RunningProxy) -> None:
+    from rlsproxy.wire.startup import build_cancel_request
+
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
+        key = conn.pgconn.backend_pid
+        def bogus_cancel() -> None:
+            s = socket.create_connection(("127.0.0.1", proxy.port))
+            s.sendall(build_cancel_request(key, b"\x00\x00\x00\x00"))
+            s.close()
+        threading.Timer(0.2, bogus_cancel).start()
+        assert conn.execute("select pg_sleep(0.6), 1").fetchone() == ("", 1)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x00\x00\x00\x04",  # length too small
+        b"\x00\x01\x00\x00" + b"x" * 60,  # over 10,000 bytes announced
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # garbage
+        b"\x00\x00\x00\x10\x00\x03\x00\x00user\x00app",  # no terminators
+    ],
+)
+def test_malformed_startup_closed_and_others_unaffected(proxy: RunningProxy, payload: bytes) -> None:
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    s.sendall(payload)
+    data = b""
+    try:
+        while chunk := s.recv(4096):
+            data += chunk
+    except TimeoutError:
+        pass
+    s.close()
+    assert data.startswith(b"E"), data
+    assert b"C08P01" in data
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_stalled_startup_times_out(proxy: RunningProxy) -> None:
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    s.sendall(b"\x00\x00\x00\x50\x00\x03")  # half a startup packet, then nothing
+    start = time.monotonic()
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    s.close()
+    assert b"timed out" in data
+    assert time.monotonic() - start < 5
