@@ -10,8 +10,8 @@ import psycopg
 import pytest
 
 from rlsproxy.devcluster import ALICE
-from tests.integration.conftest import token_for
 from rlsproxy.wire import backend as be
+from tests.integration.conftest import token_for
 from tests.support.proxy import JWT_SECRET, RunningProxy
 from tests.support.rawpg import RawConnection
 
@@ -73,7 +73,9 @@ def test_bad_token_as_password(proxy: RunningProxy) -> None:
 def test_anonymous_refused_when_not_configured(make_proxy: Any, pg: Any) -> None:
     from rlsproxy.config import RolesConfig
 
-    proxy = make_proxy(roles=RolesConfig(allowed=("anon", "authenticated"), default="authenticated", anonymous=None))
+    proxy = make_proxy(
+        roles=RolesConfig(allowed=("anon", "authenticated"), default="authenticated", anonymous=None)
+    )
     fields = startup_error(proxy, {"options": "-c rlsproxy.jwt="})
     assert fields["C"] == "28000"
     assert "token is required" in fields["M"]

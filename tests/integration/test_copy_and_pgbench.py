@@ -44,14 +44,24 @@ def test_pgbench_tpcb_through_proxy(proxy: RunningProxy, pg: Any) -> None:
     """pgbench's TPC-B tables owned by the superuser, granted to `authenticated`, run via the proxy."""
     bench = str(pg.bindir / "pgbench")
     env = dict(os.environ, PGPASSWORD="")
-    subprocess.run([bench, "-i", "-s", "1", "-q", "-h", pg.host, "-p", str(pg.port), "-U", "postgres", "app"],
-                   check=True, capture_output=True, env=env, timeout=120)
-    pg.psql("grant select, insert, update on pgbench_accounts, pgbench_branches, pgbench_tellers, "
-            "pgbench_history to authenticated")
+    subprocess.run(
+        [bench, "-i", "-s", "1", "-q", "-h", pg.host, "-p", str(pg.port), "-U", "postgres", "app"],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    pg.psql(
+        "grant select, insert, update on pgbench_accounts, pgbench_branches, pgbench_tellers, "
+        "pgbench_history to authenticated"
+    )
     env["PGOPTIONS"] = f"-c rlsproxy.jwt={token_for(ALICE)}"
     out = subprocess.run(
         [bench, "-n", "-c", "4", "-t", "50", "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "app", "app"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "number of transactions actually processed: 200/200" in out.stdout

@@ -17,7 +17,7 @@ REFUSED = [
     ("SET ROLE NONE", "42501"),
     ("set role to default", "42501"),
     ("SET LOCAL ROLE authenticated", "42501"),
-    ('SET "role" = \'anon\'', "42501"),
+    ("SET \"role\" = 'anon'", "42501"),
     ("/* hi */ RESET ROLE", "42501"),
     ("RESET SESSION AUTHORIZATION", "42501"),
     ("SET SESSION AUTHORIZATION authenticator", "42501"),
@@ -35,7 +35,9 @@ REFUSED = [
 
 @pytest.mark.parametrize(("sql", "code"), REFUSED)
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
-def test_refused_then_connection_still_serves(proxy: RunningProxy, sql: str, code: str, protocol: str) -> None:
+def test_refused_then_connection_still_serves(
+    proxy: RunningProxy, sql: str, code: str, protocol: str
+) -> None:
     with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
         cur = psycopg.ClientCursor(conn) if protocol == "simple" else conn.cursor()
         with pytest.raises(psycopg.Error) as info:
@@ -62,8 +64,9 @@ def test_reserved_statement_name_in_extended_protocol(proxy: RunningProxy) -> No
     from rlsproxy.wire import frontend as fe
     from tests.support.rawpg import RawConnection, error_fields
 
-    raw = RawConnection(proxy.port, {"user": "app", "database": "app",
-                                     "options": f"-c rlsproxy.jwt={token_for(ALICE)}"})
+    raw = RawConnection(
+        proxy.port, {"user": "app", "database": "app", "options": f"-c rlsproxy.jwt={token_for(ALICE)}"}
+    )
     try:
         raw.send(fe.query("select 1"))
         raw.until_ready()
@@ -82,8 +85,9 @@ def test_function_call_message_refused(proxy: RunningProxy) -> None:
     from rlsproxy.wire import backend as be
     from tests.support.rawpg import RawConnection, error_fields
 
-    raw = RawConnection(proxy.port, {"user": "app", "database": "app",
-                                     "options": f"-c rlsproxy.jwt={token_for(ALICE)}"})
+    raw = RawConnection(
+        proxy.port, {"user": "app", "database": "app", "options": f"-c rlsproxy.jwt={token_for(ALICE)}"}
+    )
     try:
         body = (1255).to_bytes(4, "big") + b"\x00\x00" + b"\x00\x00" + b"\x00\x00"
         raw.send(be.message(ord("F"), body))
@@ -113,7 +117,12 @@ def test_asyncpg_pool_reset_idiom(proxy: RunningProxy) -> None:
 
     async def main() -> list[Any]:
         pool = await asyncpg.create_pool(
-            host="127.0.0.1", port=proxy.port, user="app", database="app", min_size=1, max_size=1,
+            host="127.0.0.1",
+            port=proxy.port,
+            user="app",
+            database="app",
+            min_size=1,
+            max_size=1,
             server_settings={"rlsproxy.jwt": token_for(ALICE)},
         )
         try:

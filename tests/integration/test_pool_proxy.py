@@ -45,8 +45,9 @@ def test_disconnect_inside_transaction_rolls_back(make_proxy: Any) -> None:
 def test_pool_exhaustion_gives_53300(make_proxy: Any) -> None:
     proxy = make_proxy(pool=PoolConfig(max_size=1, acquire_timeout_ms=300))
     with psycopg.connect(proxy.dsn(token=token_for(ALICE))):
-        raw = RawConnection(proxy.port, {"user": "app", "database": "app",
-                                         "options": f"-c rlsproxy.jwt={token_for(BOB)}"})
+        raw = RawConnection(
+            proxy.port, {"user": "app", "database": "app", "options": f"-c rlsproxy.jwt={token_for(BOB)}"}
+        )
         fields = error_fields(raw.greeting[-1])
         raw.close()
         assert fields["C"] == "53300"
@@ -69,8 +70,9 @@ def test_upstream_down_then_back(make_proxy: Any, pg: Any) -> None:
     proxy = make_proxy()
     pg.stop()
     try:
-        raw = RawConnection(proxy.port, {"user": "app", "database": "app",
-                                         "options": f"-c rlsproxy.jwt={token_for(ALICE)}"})
+        raw = RawConnection(
+            proxy.port, {"user": "app", "database": "app", "options": f"-c rlsproxy.jwt={token_for(ALICE)}"}
+        )
         fields = error_fields(raw.greeting[-1])
         raw.close()
         assert fields["C"] == "57P03"
@@ -94,8 +96,10 @@ def test_upstream_dies_mid_session(proxy: RunningProxy, pg: Any) -> None:
 
 
 def test_cancel_reaches_only_own_backend(proxy: RunningProxy) -> None:
-    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as victim, \
-            psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as other:
+    with (
+        psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as victim,
+        psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as other,
+    ):
         threading.Timer(0.5, victim.cancel).start()
         with pytest.raises(psycopg.errors.QueryCanceled):
             victim.execute("select pg_sleep(10)")
@@ -108,10 +112,12 @@ def test_cancel_with_wrong_key_is_ignored(proxy: RunningProxy) -> None:
 
     with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
         key = conn.pgconn.backend_pid
+
         def bogus_cancel() -> None:
             s = socket.create_connection(("127.0.0.1", proxy.port))
             s.sendall(build_cancel_request(key, b"\x00\x00\x00\x00"))
             s.close()
+
         threading.Timer(0.2, bogus_cancel).start()
         assert conn.execute("select pg_sleep(0.6), 1").fetchone() == ("", 1)
 

@@ -17,6 +17,7 @@ from tests.integration.conftest import token_for
 from tests.support.proxy import RunningProxy
 from tests.support.rawpg import Message, RawConnection
 
+
 def copy_data(payload: bytes) -> bytes:
     return b"d" + (len(payload) + 4).to_bytes(4, "big") + payload
 
@@ -41,12 +42,23 @@ CONVERSATION: list[tuple[bytes, int]] = [
     (fe.query("copy (values (1, 'a'), (2, null)) to stdout"), 1),
     (fe.query("create temp table parity (x int)"), 1),
     (
-        fe.parse("", "select 1") + fe.bind("", ()) + fe.execute()
-        + fe.parse("", "select 1/0") + fe.bind("", ()) + fe.execute()
-        + fe.parse("", "select 2") + fe.bind("", ()) + fe.execute()
+        fe.parse("", "select 1")
+        + fe.bind("", ())
+        + fe.execute()
+        + fe.parse("", "select 1/0")
+        + fe.bind("", ())
+        + fe.execute()
+        + fe.parse("", "select 2")
+        + fe.bind("", ())
+        + fe.execute()
         + fe.SYNC
-        + fe.parse("s1", "select $1::int + 1", (23,)) + fe.bind("", ("41",)) + fe.execute() + fe.SYNC
-        + fe.bind("", ("1",)) + fe.execute() + fe.SYNC,
+        + fe.parse("s1", "select $1::int + 1", (23,))
+        + fe.bind("", ("41",))
+        + fe.execute()
+        + fe.SYNC
+        + fe.bind("", ("1",))
+        + fe.execute()
+        + fe.SYNC,
         3,
     ),
     (fe.parse("", "begin") + fe.bind("", ()) + fe.execute() + fe.SYNC, 1),

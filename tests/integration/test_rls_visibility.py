@@ -45,7 +45,9 @@ def test_simple_protocol_and_explicit_transaction(proxy: RunningProxy) -> None:
         assert cur.fetchone() == (ALICE, "authenticated")
     with psycopg.connect(proxy.dsn(token=token_for(BOB))) as conn:  # psycopg opens BEGIN itself
         assert titles(conn) == BOB_SEES
-        assert conn.execute("select current_setting('request.jwt.claims')::jsonb->>'sub'").fetchone() == (BOB,)
+        assert conn.execute("select current_setting('request.jwt.claims')::jsonb->>'sub'").fetchone() == (
+            BOB,
+        )
         conn.commit()
         assert conn.execute("select current_user").fetchone() == ("authenticated",)
 
@@ -63,7 +65,9 @@ def test_writes_are_checked_by_policies(proxy: RunningProxy) -> None:
         cur = conn.execute("update notes set title = 'hijacked' where title = 'bob private'")
         assert cur.rowcount == 0
         with conn.transaction(force_rollback=True):
-            cur = conn.execute("insert into notes (user_id, title) values (%s, 'mine') returning title", (ALICE,))
+            cur = conn.execute(
+                "insert into notes (user_id, title) values (%s, 'mine') returning title", (ALICE,)
+            )
             assert cur.fetchone() == ("mine",)
 
 
@@ -80,9 +84,26 @@ def test_pipeline_mode_batches(proxy: RunningProxy) -> None:
 def test_psql_with_token_in_options(proxy: RunningProxy, pg: Any) -> None:
     env = dict(os.environ, PGOPTIONS=f"-c rlsproxy.jwt={token_for(BOB)}")
     out = subprocess.run(
-        [str(pg.bindir / "psql"), "-X", "-At", "-h", "127.0.0.1", "-p", str(proxy.port), "-U", "app", "-d", "app",
-         "-c", TITLES],
-        capture_output=True, text=True, env=env, timeout=30, check=True,
+        [
+            str(pg.bindir / "psql"),
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(proxy.port),
+            "-U",
+            "app",
+            "-d",
+            "app",
+            "-c",
+            TITLES,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=True,
     )
     assert out.stdout.split("\n")[:3] == BOB_SEES
 
@@ -90,7 +111,10 @@ def test_psql_with_token_in_options(proxy: RunningProxy, pg: Any) -> None:
 def test_asyncpg_with_server_settings(proxy: RunningProxy) -> None:
     async def main() -> tuple[list[str], list[str]]:
         conn = await asyncpg.connect(
-            host="127.0.0.1", port=proxy.port, user="app", database="app",
+            host="127.0.0.1",
+            port=proxy.port,
+            user="app",
+            database="app",
             server_settings={"rlsproxy.jwt": token_for(ALICE)},
         )
         try:

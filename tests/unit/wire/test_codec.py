@@ -34,7 +34,10 @@ def test_startup_message_fixture() -> None:
     assert startup_packet_length(PSQL_STARTUP) == len(PSQL_STARTUP)
     msg = parse_startup_packet(PSQL_STARTUP)
     assert msg == StartupMessage(
-        3, 0, {"user": "app", "database": "app", "options": "-c rlsproxy.jwt=t", "application_name": "psql"}, ()
+        3,
+        0,
+        {"user": "app", "database": "app", "options": "-c rlsproxy.jwt=t", "application_name": "psql"},
+        (),
     )
 
 
@@ -64,7 +67,10 @@ def test_negotiate_protocol_version_bytes() -> None:
     [
         (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", SSLRequest()),
         (b"\x00\x00\x00\x08\x04\xd2\x16\x30", GSSENCRequest()),
-        (b"\x00\x00\x00\x10\x04\xd2\x16\x2e\x00\x00\x30\x39\xde\xad\xbe\xef", CancelRequest(12345, b"\xde\xad\xbe\xef")),
+        (
+            b"\x00\x00\x00\x10\x04\xd2\x16\x2e\x00\x00\x30\x39\xde\xad\xbe\xef",
+            CancelRequest(12345, b"\xde\xad\xbe\xef"),
+        ),
     ],
 )
 def test_special_requests(packet: bytes, expected: object) -> None:
@@ -152,7 +158,14 @@ def test_error_response_round_trip() -> None:
     raw = be.error_response("42501", "no", severity="FATAL", hint="h", position=3)
     assert raw[0:1] == b"E"
     assert int.from_bytes(raw[1:5], "big") == len(raw) - 1
-    assert be.parse_fields(raw[5:]) == {"S": "FATAL", "V": "FATAL", "C": "42501", "M": "no", "H": "h", "P": "3"}
+    assert be.parse_fields(raw[5:]) == {
+        "S": "FATAL",
+        "V": "FATAL",
+        "C": "42501",
+        "M": "no",
+        "H": "h",
+        "P": "3",
+    }
     notice = be.error_response("01000", "n", severity="NOTICE", notice=True)
     assert notice[0:1] == b"N"
 
