@@ -95,33 +95,6 @@ def test_upstream_dies_mid_session(proxy: RunningProxy, pg: Any) -> None:
         assert again.execute("select count(*) from notes").fetchone() == (3,)
 
 
-def test_cancel_reaches_only_own_backend(proxy: RunningProxy) -> None:
-    with (
-        psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as victim,
-        psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as other,
-    ):
-        threading.Timer(0.5, victim.cancel).start()
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            victim.execute("select pg_sleep(10)")
-        assert other.execute("select 1").fetchone() == (1,)
-        assert victim.execute("select 2").fetchone() == (2,)
-
-
-def test_cancel_with_wrong_key_is_ignored(proxy: RunningProxy) -> None:
-    from rlsproxy.wire.startup import build_cancel_request
-
-    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
-        key = conn.pgconn.backend_pid
-
-        def bogus_cancel() -> None:
-            s = socket.create_connection(("127.0.0.1", proxy.port))
-            s.sendall(build_cancel_request(key, b"\x00\x00\x00\x00"))
-            s.close()
-
-        threading.Timer(0.2, bogus_cancel).start()
-        assert conn.execute("select pg_sleep(0.6), 1").fetchone() == ("", 1)
-
-
 @pytest.mark.parametrize(
     "payload",
     [
