@@ -163,6 +163,9 @@ class Pool:
         self._password = password
         self._idle: deque[ServerConnection] = deque()
         self._in_use: set[ServerConnection] = set()
+        # Released connections being reset still count against max_size: otherwise a client arriving
+        # during the reset would open a new connection instead of waiting a moment for this one.
+        self._resetting: set[ServerConnection] = set()
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._on_connect_error = on_connect_error
@@ -171,7 +174,7 @@ class Pool:
     # figures for metrics
     @property
     def size(self) -> int:
-        return len(self._idle) + len(self._in_use) + self._connecting
+        return len(self._idle) + len(self._in_use) + len(self._resetting) + self._connecting
 
     @property
     def idle_count(self) -> int:
@@ -260,6 +263,7 @@ class Pool:
         """Give a connection back after a clean reset, or close it."""
         self._in_use.discard(conn)
         conn.listener = None
+        self._resetting.add(conn)
         try:
             if reusable and not self.closing and await self._reset(conn):
                 conn.idle_since = time.monotonic()
@@ -267,6 +271,7 @@ class Pool:
                 return
             conn.close()
         finally:
+            self._resetting.discard(conn)
             self._wake()
 
     async def _reset(self, conn: ServerConnection) -> bool:
@@ -297,6 +302,6 @@ class Pool:
 
     def close_all(self) -> None:
         self.closing = True
-        for conn in list(self._idle) + list(self._in_use):
+        for conn in list(self._idle) + list(self._in_use) + list(self._resetting):
             conn.close()
         self._idle.clear()

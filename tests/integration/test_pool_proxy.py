@@ -25,7 +25,7 @@ def test_server_connection_reused_without_leaking_state(make_proxy: Any) -> None
         a.execute("create temp table leftovers (x int)")
         a.execute("prepare mine as select 1")
     with psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as b:
-        assert pid is not None
+        assert b.execute("select pg_backend_pid()").fetchone() == pid  # the same server connection
         assert b.execute("select current_setting('app.tenant', true)").fetchone() in ((None,), ("",))
         assert b.execute("select count(*) from pg_prepared_statements where name = 'mine'").fetchone() == (0,)
         assert b.execute("select auth.uid()::text").fetchone() == (BOB,)
@@ -93,6 +93,36 @@ def test_upstream_dies_mid_session(proxy: RunningProxy, pg: Any) -> None:
     conn.close()
     with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as again:  # replaced
         assert again.execute("select count(*) from notes").fetchone() == (3,)
+
+
+def test_cancel_reaches_only_own_backend(proxy: RunningProxy) -> None:
+    # cancel_safe, not cancel: libpq's blocking PQcancel holds the GIL, and this proxy runs in-process.
+    with (
+        psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as victim,
+        psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as other,
+    ):
+        threading.Timer(0.5, victim.cancel_safe).start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            victim.execute("select pg_sleep(10)")
+        assert time.monotonic() - started < 5
+        assert other.execute("select 1").fetchone() == (1,)
+        assert victim.execute("select 2").fetchone() == (2,)
+
+
+def test_cancel_with_wrong_key_is_ignored(proxy: RunningProxy) -> None:
+    from rlsproxy.wire.startup import build_cancel_request
+
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
+        key = conn.pgconn.backend_pid
+
+        def bogus_cancel() -> None:
+            s = socket.create_connection(("127.0.0.1", proxy.port))
+            s.sendall(build_cancel_request(key, b"\x00\x00\x00\x00"))
+            s.close()
+
+        threading.Timer(0.2, bogus_cancel).start()
+        assert conn.execute("select pg_sleep(0.6)::text, 1").fetchone() == ("", 1)
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,25 @@ def converse(conn: RawConnection) -> list[list[tuple[str, Any]]]:
     transcript.append(normalise([first, *conn.until_ready()]))
     conn.send(fe.query("select sum(x) from parity"))
     transcript.append(normalise(conn.until_ready()))
+    # The same through the extended protocol, the way libpq does it: Parse/Bind/Describe/Execute/Sync
+    # in one go (that Sync is ignored during copy-in), then the data, CopyDone and another Sync.
+    describe_portal = b"D\x00\x00\x00\x06P\x00"
+    for rows, ending in ((b"3\n", COPY_DONE), (b"oops\n", COPY_DONE), (b"4\n", b"f\x00\x00\x00\x09halt\x00")):
+        conn.send(
+            fe.parse("", "copy parity from stdin")
+            + fe.bind("", ())
+            + describe_portal
+            + fe.execute()
+            + fe.SYNC
+        )
+        head = [conn.read()]
+        while head[-1][0] not in ("G", "E"):
+            head.append(conn.read())
+        assert head[-1][0] == "G", head
+        conn.send(copy_data(rows) + ending + fe.SYNC)
+        transcript.append(normalise([*head, *conn.until_ready()]))
+    conn.send(fe.query("select sum(x), count(*) from parity"))
+    transcript.append(normalise(conn.until_ready()))
     return transcript
 
 
