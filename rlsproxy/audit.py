@@ -70,6 +70,11 @@ class AuditLog:
         self._fd = fd
         self._open = True
 
+    def ensure_open(self) -> None:
+        """Open now if an earlier open failed (the path may have become writable); AuditUnavailable if not."""
+        if not self._open:
+            self.open()
+
     def reopen(self) -> None:
         """After logrotate moved the file: write to a fresh one at the same path. A no-op for stdout."""
         if self._stdout:

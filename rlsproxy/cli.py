@@ -86,10 +86,12 @@ def _serve(path: str) -> int:
     logging.basicConfig(level=config.log.level, stream=sys.stderr)
     loop = _new_loop()
     stop = asyncio.Event()
+    hangup = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
     try:
-        loop.run_until_complete(run(config, path, stop))
+        loop.run_until_complete(run(config, path, stop, hangup))
     finally:
         loop.close()
     return 0

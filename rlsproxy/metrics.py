@@ -310,6 +310,11 @@ class Metrics:
         self.transactions.inc()
         self.transaction_duration.observe(seconds)
 
+    def transactions_finished(self, count: int, seconds: float) -> None:
+        """`count` transactions pipelined together ended after `seconds`: one duration sample for the run."""
+        self.transactions.inc(count)
+        self.transaction_duration.observe(seconds)
+
     def statement(self, n: int = 1) -> None:
         self.statements.inc(n)
 

@@ -224,6 +224,10 @@ class Pool:
             hint="raise pool.max_size (within Postgres' max_connections) or pool.acquire_timeout_ms",
         )
 
+    async def connect_unpooled(self) -> ServerConnection:
+        """A fresh login outside the pool's accounting (readiness probes); the caller closes it."""
+        return await self._connect()
+
     async def _connect(self) -> ServerConnection:
         loop = asyncio.get_running_loop()
         login = UpstreamLogin(self._user, self._password, self._upstream.database, dict(UPSTREAM_PARAMS))

@@ -1,24 +1,26 @@
-"""The asyncio edge: the client listener, the startup handshake, and the relay between transports.
+"""The asyncio edge for one client: the startup handshake, then the relay between transports.
 
 Each client connection is an asyncio.Protocol (the relay's hot path runs in data_received with no
-task switch); only the handshake, which waits on the pool, runs as a task.
+task switch); only the handshake, which waits on the pool, runs as a task. Shared state (pools,
+metrics, audit log) lives in rlsproxy.proxy.Proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import time
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import TYPE_CHECKING, cast
 
-from rlsproxy.auth.identity import Authenticator, Identity
+from rlsproxy.audit import AuditUnavailable
+from rlsproxy.auth.identity import BypassDenied, Identity
 from rlsproxy.auth.startup import ClientStartup, read_startup
-from rlsproxy.config import Config
-from rlsproxy.errors import ProtocolViolation, ProxyError
-from rlsproxy.pool import Pool, ServerConnection
+from rlsproxy.bypass import BypassTrail, record_denied
+from rlsproxy.errors import AuthError, ProtocolViolation, ProxyError
+from rlsproxy.pool import ServerConnection
 from rlsproxy.session import context
-from rlsproxy.session.relay import Classifier, Relay
+from rlsproxy.session.relay import Relay
 from rlsproxy.session.server import Chunks
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes, sqlstate
@@ -29,83 +31,14 @@ from rlsproxy.wire.startup import (
     SSLRequest,
     StartupError,
     StartupMessage,
-    build_cancel_request,
     build_negotiate_protocol_version,
     parse_startup_packet,
 )
 
+if TYPE_CHECKING:
+    from rlsproxy.proxy import Proxy
+
 log = logging.getLogger("rlsproxy.server")
-
-
-class Proxy:
-    """Shared state of one running proxy: config, verifier, pools, cancel keys."""
-
-    def __init__(self, config: Config, authenticator: Authenticator, classifier: Classifier) -> None:
-        self.config = config
-        self.authenticator = authenticator
-        self.classifier = classifier
-        up = config.upstream
-        self.pool = Pool("users", up, config.pool, user=up.user, password=up.password)
-        self.clients: dict[int, ClientConnection] = {}  # by the pid we handed out
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        lc = self.config.listen
-        self._server = await loop.create_server(lambda: ClientConnection(self), lc.host, lc.port)
-        self.spawn(self._reaper())
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _reaper(self) -> None:
-        while True:
-            await asyncio.sleep(min(30.0, self.config.pool.idle_timeout_s))
-            self.pool.reap_idle()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for client in list(self.clients.values()):
-            client.abort(sqlstate.ADMIN_SHUTDOWN, "terminating connection due to administrator command")
-        self.pool.close_all()
-        for task in list(self._tasks):
-            task.cancel()
-
-    def new_key(self, client: ClientConnection) -> tuple[int, bytes]:
-        while True:
-            pid = secrets.randbits(31) or 1
-            if pid not in self.clients:
-                self.clients[pid] = client
-                return pid, secrets.token_bytes(4)
-
-    async def cancel(self, request: CancelRequest) -> None:
-        """Forward a cancel only to the backend of the client whose key this is."""
-        client = self.clients.get(request.pid)
-        if client is None or not secrets.compare_digest(client.key_secret, request.secret):
-            return
-        server = client.server
-        if server is None or server.state is None:
-            return
-        up = self.config.upstream
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(up.host, up.port), up.connect_timeout_s
-            )
-            writer.write(build_cancel_request(server.state.pid, server.state.secret))
-            await writer.drain()
-            writer.close()
-        except (OSError, TimeoutError):
-            log.warning("could not forward a cancel request upstream")
 
 
 class ClientConnection(asyncio.Protocol):
@@ -113,12 +46,19 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
+        self.metrics = proxy.metrics
         self.transport: asyncio.Transport | None = None
         self.server: ServerConnection | None = None
         self.relay: Relay | None = None
         self.identity: Identity | None = None
+        self.trail: BypassTrail | None = None  # service sessions only
         self.key_pid = 0
         self.key_secret = b""
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._statements = 0  # relay.statements already reported
+        self._transactions = 0  # relay.transactions already reported
+        self._tx_started = 0.0  # when the oldest unfinished transaction began (0: none)
         self._inbox = b""  # bytes received during the handshake
         self._wakeup: asyncio.Future[None] | None = None
         self._closed = False
@@ -129,9 +69,11 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.metrics.client_connected()
         self.proxy.spawn(self._handshake())
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         relay = self.relay
         if relay is None:
             self._inbox += data
@@ -143,7 +85,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             relay.feed_client(data, to_server, to_client)
         except ProxyError as exc:
-            self.abort(exc.sqlstate, exc.message)
+            self.abort(exc.sqlstate, exc.message, hint=exc.hint)
             return
         except Exception:
             log.exception("bug while relaying client data")
@@ -154,13 +96,18 @@ class ClientConnection(asyncio.Protocol):
             server.write(to_server)
         if to_client:
             self._write(to_client)
+        if relay.statements != self._statements:
+            self.metrics.statement(relay.statements - self._statements)
+            self._statements = relay.statements
+        if relay.transactions != self._transactions and not self._tx_started:
+            self._tx_started = time.monotonic()
         if relay.terminated:
-            self._finish()
+            self._finish("terminate")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
-        self._finish()
+        self._finish("disconnect")
 
     def pause_writing(self) -> None:
         if self.server is not None and self.server.transport is not None:
@@ -186,6 +133,16 @@ class ClientConnection(asyncio.Protocol):
             self._write(to_client)
         if to_server and self.server is not None:
             self.server.write(to_server)
+        if self._tx_started:
+            state = relay.server
+            if state is not None and state.idle:
+                self._transactions_done(relay.transactions)
+
+    def _transactions_done(self, total: int) -> None:
+        """Every transaction begun so far has ended: count them, and time them as one (pipelines)."""
+        self.metrics.transactions_finished(total - self._transactions, time.monotonic() - self._tx_started)
+        self._transactions = total
+        self._tx_started = 0.0
 
     def server_lost(self) -> None:
         if not self._closed:
@@ -201,28 +158,41 @@ class ClientConnection(asyncio.Protocol):
     # output -----------------------------------------------------------------------------------
     def _write(self, chunks: Iterable[bytes | memoryview]) -> None:
         if self.transport is not None and not self._closed:
+            n = 0
+            for chunk in chunks:
+                n += len(chunk)
+            self.bytes_out += n
             self.transport.writelines(chunks)
 
     def abort(self, code: str, message: str, *, hint: str | None = None) -> None:
         """Send a FATAL ErrorResponse and close."""
         if self.transport is not None and not self._closed:
             self.transport.write(be.error_response(code, message, severity="FATAL", hint=hint))
-        self._finish()
+        self._finish(f"error {code}")
 
-    def _finish(self) -> None:
+    def _finish(self, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
         if self.transport is not None:
             self.transport.close()
+        self.metrics.client_disconnected()
+        self.metrics.bytes_received(self.bytes_in)
+        self.metrics.bytes_sent(self.bytes_out)
         self.proxy.clients.pop(self.key_pid, None)
+        if self.trail is not None:
+            try:
+                self.trail.end(bytes_in=self.bytes_in, bytes_out=self.bytes_out, reason=reason)
+            except AuditUnavailable as exc:
+                log.error("could not write bypass.end: %s", exc)
         server, self.server = self.server, None
         relay, self.relay = self.relay, None
         if server is not None:
             reusable = not server.closed and (relay is None or not relay.busy)
             if relay is not None:
                 relay.detach()
-            self.proxy.spawn(self.proxy.pool.release(server, reusable=reusable))
+            pool = self.proxy.pool_for(self.identity) if self.identity is not None else self.proxy.pool
+            self.proxy.spawn(pool.release(server, reusable=reusable))
 
     # handshake --------------------------------------------------------------------------------
     async def _read(self, need: int) -> None:
@@ -234,23 +204,37 @@ class ClientConnection(asyncio.Protocol):
 
     async def _handshake(self) -> None:
         timeout = self.proxy.config.limits.startup_timeout_s
+        outcome: str | None = "error"
         try:
             startup = await asyncio.wait_for(self._read_startup(), timeout)
             if startup is None:
+                outcome = None  # a cancel request is not a client session
                 return
             client, token = await asyncio.wait_for(self._credentials(startup), timeout)
             await self._begin(client, token)
+            outcome = "ok"
         except TimeoutError:
+            outcome = "refused"
             self.abort(sqlstate.PROTOCOL_VIOLATION, "rlsproxy: startup timed out")
         except (StartupError, FramingError) as exc:
+            outcome = "refused"
             self.abort(sqlstate.PROTOCOL_VIOLATION, f"invalid startup packet: {exc}")
+        except AuthError as exc:
+            outcome = "auth_failed"
+            self.metrics.auth_failed(exc.reason)
+            self.abort(exc.sqlstate, exc.message, hint=exc.hint)
         except ProxyError as exc:
+            # Upstream trouble (08, 53, 57 classes) is an error; anything else is a refusal of the client.
+            outcome = "error" if exc.sqlstate[:2] in ("08", "53", "57", "XX") else "refused"
             self.abort(exc.sqlstate, exc.message, hint=exc.hint)
         except ConnectionError:
-            self._finish()
+            self._finish("disconnect")
         except Exception:
             log.exception("bug during client startup")
             self.abort(sqlstate.INTERNAL_ERROR, "rlsproxy internal error during startup")
+        finally:
+            if outcome is not None:
+                self.metrics.connection_outcome(outcome)
 
     async def _read_startup(self) -> StartupMessage | None:
         while True:
@@ -266,7 +250,7 @@ class ClientConnection(asyncio.Protocol):
                 continue
             if isinstance(request, CancelRequest):
                 await self.proxy.cancel(request)
-                self._finish()
+                self._finish("cancel")
                 return None
             return request
 
@@ -299,23 +283,71 @@ class ClientConnection(asyncio.Protocol):
         password = body[:-1].decode(errors="replace") if body.endswith(b"\0") else ""
         return client, password or None
 
+    def _authenticate(self, token: str | None, label: str | None) -> Identity:
+        proxy = self.proxy
+        verifier = proxy.authenticator.verifier
+        misses = verifier.cache_misses
+        started = time.perf_counter()
+        try:
+            identity = proxy.authenticator.authenticate(token, label=label)
+        except BypassDenied as exc:
+            record_denied(
+                proxy.audit, self.metrics, exc, client=self._peer, database=proxy.config.upstream.database
+            )
+            raise
+        finally:
+            if token is not None:
+                self.metrics.jwt_verified(
+                    time.perf_counter() - started, cache_hit=verifier.cache_misses == misses
+                )
+        return identity
+
+    def _start_trail(self, identity: Identity) -> None:
+        """A service session: its audit trail must be writable, or the session is refused (fail closed)."""
+        proxy = self.proxy
+        trail = BypassTrail(
+            proxy.audit,
+            self.metrics,
+            identity,
+            session=self.key_pid,
+            client=self._peer,
+            database=proxy.config.upstream.database,
+        )
+        try:
+            proxy.audit.ensure_open()
+            trail.start()
+        except AuditUnavailable as exc:
+            self.metrics.bypass_refused("bypass_audit_unavailable")
+            log.error("service session refused: %s", exc)
+            raise AuthError(
+                "bypass_audit_unavailable",
+                "service sessions are refused: the audit log cannot be written",
+                code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
+            ) from None
+        self.trail = trail
+
     async def _begin(self, client: ClientStartup, token: str | None) -> None:
         proxy = self.proxy
-        identity = proxy.authenticator.authenticate(token, label=client.label)
-        server = await proxy.pool.acquire()
+        identity = self._authenticate(token, client.label)
+        self.identity = identity
+        pool = proxy.pool_for(identity)
+        waited = time.perf_counter()
+        server = await pool.acquire()
+        self.metrics.pool_acquired(pool.name, time.perf_counter() - waited)
         self.server = server
         if self._closed:  # the client left while we waited for the pool
             self.server = None
-            proxy.spawn(proxy.pool.release(server, reusable=True))
-            return
+            proxy.spawn(pool.release(server, reusable=True))
+            raise ConnectionError("client went away")
         errors = await server.apply_settings(client.settings)
         if errors:
             first = errors[0]
             raise ProxyError(first.get("M", "invalid setting"), code=first.get("C"), fatal=True)
         state = server.state
         assert state is not None and self.transport is not None
-        self.identity = identity
         self.key_pid, self.key_secret = proxy.new_key(self)
+        if identity.service is not None:
+            self._start_trail(identity)
         greeting = [be.AUTHENTICATION_OK]
         greeting += [be.parameter_status(k, v) for k, v in state.params.items()]
         greeting += [be.backend_key_data(self.key_pid, self.key_secret), be.ready_for_query(codes.TX_IDLE)]
@@ -323,15 +355,31 @@ class ClientConnection(asyncio.Protocol):
             context.context_prefix(identity.role, identity.claims_json),
             proxy.classifier,
             max_message=proxy.config.limits.max_message_bytes,
+            on_refusal=self.metrics.refusal,
+            on_statement=self._audit_statement if self.trail is not None else None,
         )
         relay.attach(state)
         server.listener = self
         self.relay = relay
-        self.transport.writelines(greeting)
+        self._write(greeting)
         log.info(
             "client connected",
             extra={"peer": self._peer, "role": identity.role, "anonymous": identity.anonymous},
         )
         if self._inbox:
             pending, self._inbox = self._inbox, b""
+            self.bytes_in -= len(pending)  # counted when it arrived
             self.data_received(pending)
+
+    def _audit_statement(self, sql: bytes) -> None:
+        """Before a service session's statement goes upstream; no trail, no statement (fail closed)."""
+        assert self.trail is not None
+        try:
+            self.trail.statement(sql)
+        except AuditUnavailable as exc:
+            log.error("ending a service session: %s", exc)
+            raise ProxyError(
+                "rlsproxy: the audit log cannot be written; service session ended",
+                code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
+                fatal=True,
+            ) from None

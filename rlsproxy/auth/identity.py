@@ -101,6 +101,10 @@ class Authenticator:
         # (sha256(token), label) -> (identity, exp + leeway); successes only, bounded like the verifier's.
         self._cache: dict[tuple[bytes, str | None], tuple[Identity, float]] = {}
 
+    @property
+    def verifier(self) -> TokenVerifier:
+        return self._verifier
+
     def authenticate(self, token: str | None, *, label: str | None = None) -> Identity:
         if token is None:
             if self._anonymous is None:

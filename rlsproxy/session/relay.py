@@ -92,6 +92,7 @@ class Relay:
         *,
         max_message: int,
         on_refusal: Callable[[str], None] | None = None,
+        on_statement: Callable[[bytes], None] | None = None,
     ) -> None:
         self.prefix = prefix  # context_prefix() of the current identity
         self.server: ServerState | None = None
@@ -101,6 +102,11 @@ class Relay:
         self._classifier = classifier
         self._max = max_message
         self._on_refusal = on_refusal
+        # Audited (service) sessions only: called with the SQL of every statement about to run, before
+        # it is forwarded; it may raise to stop the session (the audit trail failed: fail closed).
+        self._on_statement = on_statement
+        self._statement_sql: dict[bytes, bytes] = {}  # prepared statement name -> SQL (audited only)
+        self._portal_sql: dict[bytes, bytes] = {}  # portal name -> SQL (audited only)
         self._rest = b""
         self._open: Pending | None = None  # the client batch not yet ended by Sync/Query
         self._syncs_after_execute = 0
@@ -149,6 +155,9 @@ class Relay:
                     self._open_batch(server, to_server, context=True)
                 self._syncs_after_execute = 0
                 self.statements += 1
+                if self._on_statement is not None:
+                    nul = data.find(0, pos + 5, end)
+                    self._on_statement(self._portal_sql.get(data[pos + 5 : nul], b"") if nul > 0 else b"")
             elif t == codes.SYNC:
                 self._end_batch(server)
                 self._syncs_after_execute += 1
@@ -224,6 +233,8 @@ class Relay:
             return
         self._syncs_after_execute = 0
         self.statements += 1
+        if self._on_statement is not None:
+            self._on_statement(sql)
         # DISCARD ALL must run outside any transaction, so it goes without the prefix; it runs
         # as the login role, which can read nothing. It also drops the context statement.
         if self._open is None and action != "discard_all" and self._may_be_idle(server):
@@ -280,9 +291,13 @@ class Relay:
                 self._open_batch(server, to_server, context=verdict.action != "discard_all")
             if verdict.action in ("discard_all", "deallocate_all"):
                 server.ctx = CTX_UNKNOWN
+            if self._on_statement is not None:
+                self._statement_sql[name] = sql
         else:
             if t == codes.BIND:
                 name = fe.bind_statement(body)
+                if self._on_statement is not None:
+                    self._portal_sql[body[: max(body.find(0), 0)]] = self._statement_sql.get(name, b"")
             else:
                 kind, name = fe.target(body)
                 if kind != ord("S"):

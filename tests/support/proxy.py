@@ -13,6 +13,7 @@ import uvloop
 from rlsproxy.app import build_proxy
 from rlsproxy.config import (
     Config,
+    HttpConfig,
     JwtConfig,
     LimitsConfig,
     ListenConfig,
@@ -20,7 +21,7 @@ from rlsproxy.config import (
     RolesConfig,
     UpstreamConfig,
 )
-from rlsproxy.server import Proxy
+from rlsproxy.proxy import Proxy
 
 T = TypeVar("T")
 
@@ -39,6 +40,7 @@ def base_config(pg: Any, **sections: Any) -> Config:
         jwt=JwtConfig(algorithms=("HS256",), secret=JWT_SECRET),
         roles=RolesConfig(allowed=("anon", "authenticated"), default="authenticated", anonymous="anon"),
         limits=LimitsConfig(startup_timeout_s=2.0),
+        http=HttpConfig(host="127.0.0.1", port=0),  # any free port: tests run side by side
     )
     return replace(config, **sections)
 

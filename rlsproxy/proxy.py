@@ -1,0 +1,214 @@
+"""One running proxy: the listener, the pools, metrics, the audit log, the HTTP endpoints, reload.
+
+The per-client work lives in rlsproxy.server.ClientConnection; this is what all clients share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rlsproxy.audit import AuditLog, AuditUnavailable
+from rlsproxy.auth.identity import Authenticator, Identity
+from rlsproxy.auth.jwt import TokenVerifier
+from rlsproxy.auth.keys import KeyStore
+from rlsproxy.config import Config, ConfigError, load_config
+from rlsproxy.httpd import HttpServer
+from rlsproxy.metrics import Metrics
+from rlsproxy.pool import Pool
+from rlsproxy.session.guard import Guard
+from rlsproxy.session.relay import Classifier
+from rlsproxy.wire import sqlstate
+from rlsproxy.wire.startup import CancelRequest, build_cancel_request
+
+if TYPE_CHECKING:
+    from rlsproxy.server import ClientConnection
+
+log = logging.getLogger("rlsproxy")
+
+# Sections a reload cannot change without dropping connections: they need a restart.
+_RESTART_SECTIONS = ("listen", "upstream", "pool", "http", "limits")
+READINESS_LOGIN_TIMEOUT_S = 1.0
+
+
+def build_authenticator(config: Config, base_dir: Path | None) -> Authenticator:
+    """Keys, verifier and role rules from a config; reads key files (PEM, JWKS) afresh."""
+    keys = KeyStore.from_config(config.jwt, base_dir=base_dir)
+    verifier = TokenVerifier(config.jwt, keys, cache_size=config.jwt.cache_size)
+    return Authenticator(config.jwt, config.roles, config.services, verifier)
+
+
+class Proxy:
+    """Shared state of one running proxy."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        base_dir: Path | None = None,
+        config_path: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.config_path = config_path
+        self.metrics = metrics or Metrics()
+        self.authenticator = build_authenticator(config, base_dir)
+        self.classifier = Classifier(Guard(config.limits.guard_cache_size), config.limits.guard_cache_size)
+        self.audit = AuditLog(config.audit, on_failure=self.metrics.audit_write_failed)
+        up = config.upstream
+        self.pool = self._pool("users", up.user, up.password)
+        # Service sessions get their own login when configured, so the end-user login role never needs
+        # membership in a BYPASSRLS role (a guard bypass would then still not reach bypass).
+        self.service_pool: Pool | None = None
+        if up.service_user is not None:
+            self.service_pool = self._pool("service", up.service_user, up.service_password)
+        self.clients: dict[int, ClientConnection] = {}  # by the pid we handed out
+        self.http: HttpServer | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _pool(self, name: str, user: str, password: str | None) -> Pool:
+        upstream_error: Callable[[], None] = lambda: self.metrics.upstream_connect_error(name)  # noqa: E731
+        pool = Pool(name, self.config.upstream, self.config.pool, user=user, password=password,
+                    on_connect_error=upstream_error)  # fmt: skip
+        self.metrics.register_pool(pool)
+        return pool
+
+    def pool_for(self, identity: Identity) -> Pool:
+        if identity.service is not None and self.service_pool is not None:
+            return self.service_pool
+        return self.pool
+
+    # lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        from rlsproxy.server import ClientConnection
+
+        try:
+            self.audit.open()
+        except AuditUnavailable as exc:
+            # End-user traffic does not need the trail; bypass sessions are refused until it works.
+            log.error("%s; service (bypass) sessions are refused until it can be written", exc)
+        loop = asyncio.get_running_loop()
+        lc = self.config.listen
+        self._server = await loop.create_server(lambda: ClientConnection(self), lc.host, lc.port)
+        if self.config.http.enabled:
+            self.http = HttpServer(self.config.http, self.metrics, readiness=self.ready, reload=self.reload)
+            await self.http.start()
+        self.spawn(self._reaper())
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, self.config.pool.idle_timeout_s))
+            self.pool.reap_idle()
+            if self.service_pool is not None:
+                self.service_pool.reap_idle()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self.http is not None:
+            await self.http.close()
+        for client in list(self.clients.values()):
+            client.abort(sqlstate.ADMIN_SHUTDOWN, "terminating connection due to administrator command")
+        for pool in (self.pool, self.service_pool):
+            if pool is not None:
+                pool.close_all()
+                self.metrics.unregister_pool(pool)
+        for task in list(self._tasks):
+            task.cancel()
+        self.audit.close()
+
+    # health and reload ---------------------------------------------------------------------------
+    async def ready(self) -> tuple[bool, str]:
+        """Ready when the config is loaded and Postgres accepts the proxy's login within a second."""
+        try:
+            conn = await asyncio.wait_for(self.pool.connect_unpooled(), READINESS_LOGIN_TIMEOUT_S)
+        except TimeoutError:
+            return False, "upstream did not accept a login within 1s"
+        except Exception as exc:
+            return False, f"upstream unavailable: {getattr(exc, 'message', None) or exc}"
+        conn.close()
+        return True, "ok"
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file and key material; keep the old config if the new one is invalid."""
+        if self.config_path is None:
+            return False, "no config file to reload (the proxy was started from an in-memory config)"
+        try:
+            config = load_config(self.config_path)
+            authenticator = build_authenticator(config, self.base_dir)
+        except (ConfigError, OSError, ValueError) as exc:
+            problems = "; ".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
+            log.error("reload rejected, the running configuration stays in force: %s", problems)
+            self.metrics.config_reloaded(False)
+            return False, f"reload rejected: {problems}"
+        kept = [name for name in _RESTART_SECTIONS if getattr(config, name) != getattr(self.config, name)]
+        if kept:
+            log.warning("reload: changes to %s need a restart and were not applied", ", ".join(kept))
+            config = replace(config, **{name: getattr(self.config, name) for name in kept})
+        if config.audit != self.config.audit:
+            audit = AuditLog(config.audit, on_failure=self.metrics.audit_write_failed)
+            try:
+                audit.open()
+            except AuditUnavailable as exc:
+                log.error("%s; service (bypass) sessions are refused until it can be written", exc)
+            old, self.audit = self.audit, audit
+            old.close()
+        # New connections see the new identity rules; established sessions keep theirs.
+        self.config = config
+        self.authenticator = authenticator
+        self.metrics.config_reloaded(True)
+        note = f" (restart needed for: {', '.join(kept)})" if kept else ""
+        log.info("configuration reloaded%s", note)
+        return True, f"reloaded{note}"
+
+    def reopen_audit(self) -> None:
+        """SIGHUP: logrotate moved the file; continue in a fresh one."""
+        try:
+            self.audit.reopen()
+        except AuditUnavailable as exc:
+            log.error("%s; service (bypass) sessions are refused until it can be written", exc)
+
+    # cancel keys ---------------------------------------------------------------------------------
+    def new_key(self, client: ClientConnection) -> tuple[int, bytes]:
+        while True:
+            pid = secrets.randbits(31) or 1
+            if pid not in self.clients:
+                self.clients[pid] = client
+                return pid, secrets.token_bytes(4)
+
+    async def cancel(self, request: CancelRequest) -> None:
+        """Forward a cancel only to the backend of the client whose key this is."""
+        client = self.clients.get(request.pid)
+        if client is None or not secrets.compare_digest(client.key_secret, request.secret):
+            return
+        server = client.server
+        if server is None or server.state is None:
+            return
+        up = self.config.upstream
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(up.host, up.port), up.connect_timeout_s
+            )
+            writer.write(build_cancel_request(server.state.pid, server.state.secret))
+            await writer.drain()
+            writer.close()
+        except (OSError, TimeoutError):
+            log.warning("could not forward a cancel request upstream")
