@@ -48,10 +48,10 @@ def base_config(pg: Any, **sections: Any) -> Config:
 class RunningProxy:
     """A proxy serving on 127.0.0.1:<port> until stop()."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.loop = uvloop.new_event_loop()
-        self.proxy: Proxy = build_proxy(config)
+        self.proxy: Proxy = build_proxy(config, config_path=config_path)
         started = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(started,), daemon=True)
         self._thread.start()

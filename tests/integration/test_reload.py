@@ -1,0 +1,111 @@
+"""Reload (POST /reload, SIGHUP): new rules for new connections, nobody dropped, bad files refused."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from rlsproxy.config import load_config
+from rlsproxy.devcluster import ALICE, AUTHENTICATOR_PASSWORD, SERVICE_LOGIN_PASSWORD
+from tests.integration.conftest import token_for
+from tests.integration.test_bypass_audit import connect, service_token
+from tests.support.proxy import JWT_SECRET, RunningProxy
+
+SERVICES = """
+services:
+  - name: nightly-sync
+    match: {sub: "svc:nightly-sync", iss: "https://auth.example.com"}
+    roles: [service_role]
+    labels: ["job:nightly-*"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+PORTS: dict[Path, tuple[int, int]] = {}
+
+
+def write_config(path: Path, pg: Any, *, services: bool, extra: str = "") -> None:
+    listen, http = PORTS.setdefault(path, (free_port(), free_port()))
+    path.write_text(
+        f"""
+listen: {{host: 127.0.0.1, port: {listen}}}
+http: {{host: 127.0.0.1, port: {http}}}
+upstream: {{host: "{pg.host}", port: {pg.port}, database: app, user: authenticator,
+           password: "{AUTHENTICATOR_PASSWORD}", service_user: rlsproxy_service,
+           service_password: "{SERVICE_LOGIN_PASSWORD}"}}
+jwt: {{secret: "{JWT_SECRET}"}}
+audit: {{path: "{path.parent / "audit.jsonl"}"}}
+{SERVICES if services else ""}
+{extra}
+"""
+    )
+
+
+def post_reload(proxy: RunningProxy) -> tuple[int, str]:
+    assert proxy.proxy.http is not None
+    request = urllib.request.Request(f"http://127.0.0.1:{proxy.proxy.http.port}/reload", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.fixture
+def reloadable(pg: Any, tmp_path: Path) -> Any:
+    path = tmp_path / "rlsproxy.yaml"
+    write_config(path, pg, services=True)
+    running = RunningProxy(load_config(path), config_path=str(path))
+    yield running, path
+    running.stop()
+
+
+def test_removed_service_loses_bypass_without_dropping_anyone(reloadable: Any, pg: Any) -> None:
+    proxy, path = reloadable
+    with (
+        connect(proxy, token_for(ALICE)) as user,
+        connect(proxy, service_token(), "job:nightly-sync") as job,
+    ):
+        write_config(path, pg, services=False)
+        status, body = post_reload(proxy)
+        assert (status, body) == (200, "reloaded\n")
+        # established sessions carry on as they were
+        assert user.execute("select auth.uid()::text").fetchone() == (ALICE,)
+        assert job.execute("select current_user::text").fetchone() == ("service_role",)
+        # the next service connection is refused: the identity is gone from the allowlist
+        with pytest.raises(psycopg.OperationalError, match="matches no configured service"):
+            connect(proxy, service_token(), "job:nightly-sync")
+    assert (
+        proxy.proxy.metrics.registry.get_sample_value("rlsproxy_config_reloads_total", {"outcome": "ok"}) == 1
+    )
+
+
+def test_invalid_config_is_rejected_and_the_old_one_stays(reloadable: Any, pg: Any) -> None:
+    proxy, path = reloadable
+    path.write_text("jwt: {algorithms: [none]}\nbogus_key: 1\n")
+    status, body = post_reload(proxy)
+    assert status == 500
+    assert "reload rejected" in body and "bogus_key" in body
+    with connect(proxy, service_token(), "job:nightly-sync") as job:  # old allowlist still in force
+        assert job.execute("select current_user::text").fetchone() == ("service_role",)
+    registry = proxy.proxy.metrics.registry
+    assert registry.get_sample_value("rlsproxy_config_reloads_total", {"outcome": "error"}) == 1
+
+
+def test_restart_only_sections_are_kept(reloadable: Any, pg: Any) -> None:
+    proxy, path = reloadable
+    write_config(path, pg, services=True, extra="pool: {max_size: 3}")
+    status, body = post_reload(proxy)
+    assert status == 200 and "restart needed for: pool" in body
+    assert proxy.proxy.config.pool.max_size != 3
