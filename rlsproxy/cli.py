@@ -1,4 +1,4 @@
-"""Command line: serve, check-config, token (mint a dev token)."""
+"""Command line: serve, check-config, token (mint a dev token), doctor (check a database's RLS posture)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--ttl", type=int, default=3600, help="seconds until expiry")
     token.add_argument("--claim", action="append", default=[], metavar="K=V", help="extra string claim")
 
+    doctor = sub.add_parser(
+        "doctor",
+        help="check a database's RLS posture against a config",
+        description="Check a database's RLS posture before it leaks. Exit 0 when nothing at or above "
+        "--fail-on was found, 1 otherwise, 2 for usage, configuration or connection errors.",
+    )
+    from rlsproxy.doctor.cli import add_arguments as doctor_arguments
+
+    doctor_arguments(doctor)
+
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        from rlsproxy.doctor.cli import run as run_doctor
+
+        return run_doctor(args)
     if args.command == "check-config":
         return _check_config(_config_path(args.config))
     if args.command == "token":

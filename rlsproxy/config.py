@@ -196,7 +196,7 @@ def parse_config(
     roles = _roles(r, r.section("roles", root.raw("roles"), RolesConfig))
     http = _http(r, r.section("http", root.raw("http"), HttpConfig), listen)
     services = _services(r, root.raw("services"))
-    audit = _audit(r.section("audit", root.raw("audit"), AuditConfig))
+    audit = _audit(r.section("audit", root.raw("audit"), AuditConfig), r.base_dir)
     limits = _limits(r.section("limits", root.raw("limits"), LimitsConfig))
     log = _log(r.section("log", root.raw("log"), LogConfig))
     if r.problems:
@@ -848,12 +848,17 @@ def _service_match(r: _Reader, s: _Section) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs))
 
 
-def _audit(s: _Section | None) -> AuditConfig:
+def _audit(s: _Section | None, base_dir: str | None) -> AuditConfig:
     d = AuditConfig()
     if s is None:
         return d
     statements = s.get("statements", _choice(("none", "fingerprint", "full")), str(d.statements))
-    return AuditConfig(path=s.get("path", _string(), d.path), statements=cast(AuditStatements, statements))
+    path = s.get("path", _string(), d.path)
+    # Like key files, a relative path is relative to the config file, not to wherever the proxy started.
+    # It need not exist yet (it is created); if it cannot be written, bypass sessions are refused.
+    if path != "-" and base_dir is not None and not os.path.isabs(path):
+        path = os.path.join(base_dir, path)
+    return AuditConfig(path=path, statements=cast(AuditStatements, statements))
 
 
 def _limits(s: _Section | None) -> LimitsConfig:

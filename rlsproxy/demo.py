@@ -1,4 +1,5 @@
-"""`make demo`: a throwaway Postgres with the seed's notes schema, rlsproxy in front, two users.
+"""`make demo`: a throwaway Postgres with the seed's notes schema, rlsproxy in front, two users,
+an audited bypass job, and `rlsproxy doctor` on the schema.
 
 Runs the real `rlsproxy serve` and the real psql; prints what each identity sees.
 """
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from rlsproxy.auth.mint import mint_token
@@ -36,6 +38,8 @@ upstream:
   database: app
   user: authenticator
   password: ${{RLSPROXY_UPSTREAM_PASSWORD}}
+  service_user: rlsproxy_service          # service (bypass) sessions log in as this role
+  service_password: ${{RLSPROXY_SERVICE_PASSWORD}}
 pool: {{mode: session, max_size: 5}}
 jwt:
   algorithms: [HS256]
@@ -45,6 +49,12 @@ roles:
   default: authenticated
   anonymous: anon
 http: {{host: 127.0.0.1, port: {http_port}}}
+services:
+  - name: nightly-sync
+    match: {{sub: "svc:nightly-sync"}}
+    roles: [service_role]
+    labels: ["job:nightly-*"]
+audit: {{path: audit.jsonl, statements: fingerprint}}
 log: {{format: text, level: WARNING}}
 """
     )
@@ -88,6 +98,18 @@ def psql(pg: DevCluster, port: int, sql: str, *, options: str = "", password: st
         timeout=30,
     )
     return (out.stdout + out.stderr).rstrip()
+
+
+def metrics_excerpt(http_port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    wanted = (
+        "rlsproxy_client_connections_total{",
+        "rlsproxy_bypass_",
+        'rlsproxy_guard_refusals_total{rule="set_role',
+    )
+    lines = [line for line in text.splitlines() if line.startswith(wanted) and not line.endswith(" 0.0")]
+    return "\n".join(lines)
 
 
 def banner(text: str) -> None:
@@ -141,6 +163,37 @@ def main() -> int:
         banner("A token with a forged role is refused at connect")
         forged = mint_token("wrong-secret-0123456789abcdef0123456789", sub=ALICE, role="service_role")
         print(psql(pg, port, query, options=f"-c rlsproxy.jwt={forged}"))
+        banner("Alice's real token asking for service_role is refused (and audited as bypass.denied)")
+        stolen = mint_token(SECRET, sub=ALICE, role="service_role")
+        print(psql(pg, port, query, options=f"-c rlsproxy.jwt={stolen}"))
+
+        job = mint_token(SECRET, sub="svc:nightly-sync", role="service_role")
+        banner("Service job:nightly-sync bypasses RLS with a label: every note")
+        print(
+            psql(
+                pg,
+                port,
+                "SELECT count(*) AS all_notes, current_user FROM notes",
+                options=f"-c rlsproxy.jwt={job} -c rlsproxy.label=job:nightly-sync",
+            )
+        )
+        banner("The same service without a label is refused")
+        print(psql(pg, port, query, options=f"-c rlsproxy.jwt={job}"))
+        time.sleep(0.3)  # the proxy writes bypass.end when it sees the client's Terminate
+        banner(f"Audit log ({WORKDIR / 'audit.jsonl'})")
+        print((WORKDIR / "audit.jsonl").read_text().rstrip())
+        banner(f"Metrics (http://127.0.0.1:{http_port}/metrics), a few lines")
+        print(metrics_excerpt(http_port))
+        banner(f"rlsproxy doctor --dsn {pg.dsn()} --config {config}")
+        doctor = subprocess.run(
+            [sys.executable, "-m", "rlsproxy", "doctor", "--dsn", pg.dsn(), "--config", str(config)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        print((doctor.stdout + doctor.stderr).rstrip())
+        print(f"(exit status {doctor.returncode})")
         return 0
     finally:
         if proc is not None:
