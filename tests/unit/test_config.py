@@ -679,6 +679,16 @@ def test_audit_statements() -> None:
     ]
 
 
+def test_audit_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    assert parse_config(minimal(audit={"path": "a.jsonl"}), {}, base_dir=tmp_path).audit.path == str(
+        tmp_path / "a.jsonl"
+    )
+    assert parse_config(minimal(audit={"path": "/var/log/a.jsonl"}), {}, base_dir=tmp_path).audit.path == (
+        "/var/log/a.jsonl"
+    )
+    assert parse_config(minimal(audit={"path": "-"}), {}, base_dir=tmp_path).audit.path == "-"
+
+
 def test_log_format_and_level() -> None:
     c = parse_config(minimal(log={"format": "text", "level": "debug"}), {})
     assert (c.log.format, c.log.level) == ("text", "DEBUG")
