@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -97,7 +96,9 @@ def _serve(path: str) -> int:
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
         return 1
-    logging.basicConfig(level=config.log.level, stream=sys.stderr)
+    from rlsproxy.logs import configure
+
+    configure(config.log.level, config.log.format)
     loop = _new_loop()
     stop = asyncio.Event()
     hangup = asyncio.Event()

@@ -287,10 +287,12 @@ class DevCluster:
     log_path: Path
     socket_dir: Path
 
-    def __init__(self, bindir: Path | None = None, workdir: Path | None = None) -> None:
+    def __init__(
+        self, bindir: Path | None = None, workdir: Path | None = None, port: int | None = None
+    ) -> None:
         self.bindir = find_bindir(bindir)
         self.host = "127.0.0.1"
-        self.port = _free_port(self.host)
+        self.port = port or _free_port(self.host)
         self._run_as = _system_user()
         self._probe_error = ""
         remove: list[str] = []
@@ -605,10 +607,14 @@ class DevCluster:
 
 
 def _main(argv: Sequence[str]) -> int:
-    """``python -m rlsproxy.devcluster``: start a demo cluster and wait for Ctrl-C."""
+    """``python -m rlsproxy.devcluster [--port N]``: start a demo cluster and wait for Ctrl-C."""
+    import argparse
     import time
 
-    with DevCluster() as pg:
+    parser = argparse.ArgumentParser(prog="python -m rlsproxy.devcluster", description=_main.__doc__)
+    parser.add_argument("--port", type=int, default=None, help="TCP port (default: any free one)")
+    args = parser.parse_args(argv)
+    with DevCluster(port=args.port) as pg:
         pg.start()
         pg.install_demo()
         print(f"PostgreSQL {pg.version()} ready: {pg.dsn()}", flush=True)
