@@ -76,6 +76,8 @@ GUARD_RULES: Final = (
     "discard_all_in_batch",
     "deallocate_all_in_batch",
     "function_call",
+    "statement_after_transaction_end",
+    "copy_not_last",
     OTHER,
 )
 

@@ -114,6 +114,14 @@ def classify(sql: str) -> Verdict:
             return _DISCARD_ALL
         if isinstance(stmt, ast.DeallocateStmt) and stmt.isall:
             return _DEALLOCATE_ALL
+    if len(raws) > 1 and any(_ends_transaction(raw.stmt) for raw in raws[:-1]):
+        return _refuse(
+            "statement_after_transaction_end",
+            "statements after COMMIT or ROLLBACK in the same query string would run "
+            "without the RLS context, so the query is refused",
+            "send the statements after the COMMIT or ROLLBACK as a query of their own",
+            code=sqlstate.FEATURE_NOT_SUPPORTED,
+        )
     for raw in raws:
         stmt = raw.stmt
         verdict = _batch_refusal(stmt) if len(raws) > 1 else None
@@ -129,6 +137,27 @@ def classify(sql: str) -> Verdict:
         if verdict is not None:
             return verdict
     return ALLOW
+
+
+_TRANSACTION_ENDS: Final = frozenset(
+    {
+        enums.TransactionStmtKind.TRANS_STMT_COMMIT,
+        enums.TransactionStmtKind.TRANS_STMT_ROLLBACK,
+        enums.TransactionStmtKind.TRANS_STMT_PREPARE,
+        enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
+        enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED,
+    }
+)
+
+
+def _ends_transaction(stmt: Any) -> bool:
+    """COMMIT/END, ROLLBACK/ABORT (not TO SAVEPOINT), PREPARE TRANSACTION: the context ends with them.
+
+    The proxy puts the context ahead of a query string; Postgres runs the statements after such a
+    statement in a new transaction that has none (they would fail as the login role: fail closed,
+    but with a confusing "permission denied", so they are refused up front with a clear reason).
+    """
+    return isinstance(stmt, ast.TransactionStmt) and stmt.kind in _TRANSACTION_ENDS
 
 
 # -- parsing ---------------------------------------------------------------------------------------

@@ -135,3 +135,27 @@ def test_asyncpg_pool_reset_idiom(proxy: RunningProxy) -> None:
             await pool.close()
 
     assert asyncio.run(main()) == [3, 3, 3]
+
+
+def test_statements_after_commit_in_one_query_are_refused_up_front(proxy: RunningProxy) -> None:
+    """They would run in a new transaction without the context; refused with a reason, nothing runs."""
+    from rlsproxy.wire import frontend as fe
+    from tests.support.rawpg import RawConnection, error_fields
+
+    raw = RawConnection(
+        proxy.port, {"user": "app", "database": "app", "options": f"-c rlsproxy.jwt={token_for(ALICE)}"}
+    )
+    try:
+        raw.send(
+            fe.query("begin; insert into notes (user_id, title) values (auth.uid(), 'x1'); commit; select 1")
+        )
+        replies = raw.until_ready()
+        assert [t for t, _ in replies] == ["E", "Z"]
+        fields = error_fields(replies[0])
+        assert fields["C"] == "0A000"
+        assert "after COMMIT or ROLLBACK" in fields["M"]
+        assert replies[1][1] == b"I"
+        raw.send(fe.query("select count(*) from notes where title = 'x1'"))
+        assert [m for m in raw.until_ready() if m[0] == "D"] == [("D", b"\x00\x01\x00\x00\x00\x010")]
+    finally:
+        raw.close()

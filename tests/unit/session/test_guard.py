@@ -325,6 +325,14 @@ REFUSED: list[tuple[str, str, str]] = [
     ("COMMIT PREPARED 'x'", "needs_no_transaction", ACTIVE),
     ("ROLLBACK PREPARED 'x'", "needs_no_transaction", ACTIVE),
     ("select 1; vacuum", "needs_no_transaction", ACTIVE),
+    # -- statements after the end of the transaction the context belongs to --------------------
+    ("begin; select 1; commit; select * from notes", "statement_after_transaction_end", "0A000"),
+    ("select 1; COMMIT; select 2", "statement_after_transaction_end", "0A000"),
+    ("begin; rollback; begin; select 1", "statement_after_transaction_end", "0A000"),
+    ("begin; end; select 1", "statement_after_transaction_end", "0A000"),
+    ("begin; abort; select 1", "statement_after_transaction_end", "0A000"),
+    ("begin; commit and chain; select 1", "statement_after_transaction_end", "0A000"),
+    ("begin; prepare transaction 'x'; select 1", "statement_after_transaction_end", "0A000"),
     # -- batches with statements that must come alone --------------------------------------------
     ("select 1; DISCARD ALL", "discard_all_in_batch", ACTIVE),
     ("DISCARD ALL; select 1", "discard_all_in_batch", ACTIVE),
@@ -334,6 +342,9 @@ REFUSED: list[tuple[str, str, str]] = [
 ]
 
 ALLOWED: list[str] = [
+    "begin; select 1; commit",
+    "begin; savepoint a; select 1; rollback to savepoint a; release a; commit",
+    "select 1; rollback",
     "",
     "   ",
     ";",
