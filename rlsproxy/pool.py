@@ -133,14 +133,19 @@ class ServerConnection(asyncio.Protocol):
 
     async def apply_settings(self, settings: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
         """Set the client's startup settings at session level; values travel as bind parameters."""
-        body = b"".join(
-            fe.parse("", SET_CONFIG_SQL) + fe.bind("", (name, value)) + fe.execute()
-            for name, value in settings
-        )
-        if not body:
+        messages = settings_messages(settings)
+        if not messages:
             return []
-        entry = await self.exchange(body + fe.SYNC)
+        entry = await self.exchange(messages)
         return entry.errors
+
+
+def settings_messages(settings: Iterable[tuple[str, str]]) -> bytes:
+    """One exchange (ending with Sync) that sets each (name, value) at session level, or b"" for none."""
+    body = b"".join(
+        fe.parse("", SET_CONFIG_SQL) + fe.bind("", (name, value)) + fe.execute() for name, value in settings
+    )
+    return body + fe.SYNC if body else b""
 
 
 class Pool:

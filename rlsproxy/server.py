@@ -18,7 +18,7 @@ from rlsproxy.auth.identity import BypassDenied, Identity
 from rlsproxy.auth.startup import ClientStartup, read_startup
 from rlsproxy.bypass import BypassTrail, record_denied
 from rlsproxy.errors import AuthError, ProtocolViolation, ProxyError
-from rlsproxy.pool import ServerConnection
+from rlsproxy.pool import ServerConnection, settings_messages
 from rlsproxy.session import context
 from rlsproxy.session.relay import Relay
 from rlsproxy.session.server import Chunks
@@ -357,6 +357,7 @@ class ClientConnection(asyncio.Protocol):
             max_message=proxy.config.limits.max_message_bytes,
             on_refusal=self.metrics.refusal,
             on_statement=self._audit_statement if self.trail is not None else None,
+            restore=settings_messages(client.settings),
         )
         relay.attach(state)
         server.listener = self

@@ -27,7 +27,7 @@ from rlsproxy.wire import sqlstate
 
 __all__ = ["ALLOW", "RESERVED_NAME_PREFIX", "Guard", "Verdict", "classify", "is_reserved_statement_name"]
 
-Action = Literal["allow", "refuse", "discard_all", "deallocate_all"]
+Action = Literal["allow", "refuse", "discard_all", "deallocate_all", "reset_all"]
 
 RESERVED_NAME_PREFIX: Final = "rlsproxy_"
 _SYNTAX_ERROR: Final = "42601"
@@ -72,6 +72,9 @@ class Verdict:
 ALLOW: Final = Verdict("allow")
 _DISCARD_ALL: Final = Verdict("discard_all")
 _DEALLOCATE_ALL: Final = Verdict("deallocate_all")
+# Allowed, but RESET ALL also resets the client's startup settings, which the proxy applied with
+# set_config (a direct connection keeps startup-packet values as reset values): the relay re-applies them.
+_RESET_ALL: Final = Verdict("reset_all")
 
 
 def is_reserved_statement_name(name: str) -> bool:
@@ -136,9 +139,12 @@ def classify(sql: str) -> Verdict:
             )
         if verdict is not None:
             return verdict
+    if any(isinstance(raw.stmt, ast.VariableSetStmt) and raw.stmt.kind == _VAR_RESET_ALL for raw in raws):
+        return _RESET_ALL
     return ALLOW
 
 
+_VAR_RESET_ALL: Final = enums.VariableSetKind.VAR_RESET_ALL
 _TRANSACTION_ENDS: Final = frozenset(
     {
         enums.TransactionStmtKind.TRANS_STMT_COMMIT,

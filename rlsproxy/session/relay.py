@@ -93,6 +93,7 @@ class Relay:
         max_message: int,
         on_refusal: Callable[[str], None] | None = None,
         on_statement: Callable[[bytes], None] | None = None,
+        restore: bytes = b"",
     ) -> None:
         self.prefix = prefix  # context_prefix() of the current identity
         self.server: ServerState | None = None
@@ -107,6 +108,10 @@ class Relay:
         self._on_statement = on_statement
         self._statement_sql: dict[bytes, bytes] = {}  # prepared statement name -> SQL (audited only)
         self._portal_sql: dict[bytes, bytes] = {}  # portal name -> SQL (audited only)
+        # The proxy's own exchange that re-applies the client's startup settings (ends with Sync);
+        # sent after a batch with RESET ALL or DISCARD ALL, which reset them to the server defaults.
+        self._restore = restore
+        self._restore_after_sync = False
         self._rest = b""
         self._open: Pending | None = None  # the client batch not yet ended by Sync/Query
         self._syncs_after_execute = 0
@@ -161,6 +166,10 @@ class Relay:
             elif t == codes.SYNC:
                 self._end_batch(server)
                 self._syncs_after_execute += 1
+                if self._restore_after_sync:
+                    self._restore_after_sync = False
+                    fwd = self._flush(view, fwd, end, to_server)
+                    to_server.append(server.internal(self._restore))
             elif t in _COPY_MESSAGES:
                 if not self._copy_in:
                     self._copy_started(server)
@@ -252,6 +261,8 @@ class Relay:
             self._end_batch(server)
         if action in ("discard_all", "deallocate_all"):
             server.ctx = CTX_UNKNOWN
+        if self._restore and action in ("discard_all", "reset_all"):
+            to_server.append(server.internal(self._restore))
 
     def _query_in_new_transaction(self, server: ServerState, sql: bytes, to_server: Chunks) -> None:
         """Prefix + the Query as extended messages + Sync (see simple.py for why)."""
@@ -291,6 +302,8 @@ class Relay:
                 self._open_batch(server, to_server, context=verdict.action != "discard_all")
             if verdict.action in ("discard_all", "deallocate_all"):
                 server.ctx = CTX_UNKNOWN
+            if self._restore and verdict.action in ("discard_all", "reset_all"):
+                self._restore_after_sync = True
             if self._on_statement is not None:
                 self._statement_sql[name] = sql
         else:

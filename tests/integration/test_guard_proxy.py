@@ -123,18 +123,42 @@ def test_asyncpg_pool_reset_idiom(proxy: RunningProxy) -> None:
             database="app",
             min_size=1,
             max_size=1,
-            server_settings={"rlsproxy.jwt": token_for(ALICE)},
+            server_settings={
+                "rlsproxy.jwt": token_for(ALICE),
+                "application_name": "billing",
+                "TimeZone": "Asia/Tokyo",
+            },
         )
         try:
             seen = []
             for _ in range(3):  # each release runs asyncpg's reset (RESET ALL in a DO/ batch)
                 async with pool.acquire() as conn:
-                    seen.append(await conn.fetchval("select count(*) from notes"))
+                    seen.append(
+                        tuple(
+                            await conn.fetchrow(
+                                "select count(*), current_setting('application_name'), "
+                                "current_setting('TimeZone') from notes"
+                            )
+                        )
+                    )
             return seen
         finally:
             await pool.close()
 
-    assert asyncio.run(main()) == [3, 3, 3]
+    # The startup settings survive RESET ALL, as they would on a direct connection.
+    assert asyncio.run(main()) == [(3, "billing", "Asia/Tokyo")] * 3
+
+
+@pytest.mark.parametrize("statement", ["RESET ALL", "DISCARD ALL"])
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_reset_keeps_startup_settings(proxy: RunningProxy, statement: str, protocol: str) -> None:
+    dsn = proxy.dsn(token=token_for(ALICE), application_name="reporting")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("set application_name = 'changed'")
+        cur = psycopg.ClientCursor(conn) if protocol == "simple" else conn.cursor()
+        cur.execute(statement)
+        assert conn.execute("select current_setting('application_name')").fetchone() == ("reporting",)
+        assert conn.execute("select auth.uid()::text").fetchone() == (ALICE,)
 
 
 def test_statements_after_commit_in_one_query_are_refused_up_front(proxy: RunningProxy) -> None:

@@ -374,13 +374,11 @@ ALLOWED: list[str] = [
     "SET request.jwtx = 'x'",
     "SET rlsproxyx.y = 'x'",
     "RESET search_path",
-    "RESET ALL",
     "SHOW role",
     "select set_config('search_path', 'x', false)",
     "select set_config('app.tenant', 'x', true)",
     "select pg_catalog.set_config('statement_timeout', '5s', true)",
     "select set_config('request.jwtx', 'x', true)",
-    "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;",
     "DO $$ BEGIN RAISE NOTICE 'hello'; END $$",
     "DO $$ DECLARE n int; BEGIN SELECT count(*) INTO n FROM notes; PERFORM pg_sleep(0); END $$",
     "DO $$ BEGIN PERFORM set_config('app.tenant', 'x', true); END $$",
@@ -558,3 +556,20 @@ def test_embedded_sql_of_plpgsql() -> None:
         embedded_sql("DO $$ BEGIN EXECUTE 'select 1'; END $$")
     with pytest.raises(Unanalysable):
         embedded_sql("DO $$ BEGIN nonsense; END $$")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "RESET ALL",
+        "reset all;",
+        # asyncpg's pool reset, sent on every release
+        "SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;",
+    ],
+)
+def test_reset_all_is_allowed_and_flagged(sql: str) -> None:
+    assert classify(sql).action == "reset_all"
+
+
+def test_reset_of_one_setting_is_plain_allow() -> None:
+    assert classify("RESET application_name").action == "allow"
