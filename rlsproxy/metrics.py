@@ -23,6 +23,7 @@ OTHER: Final = "other"
 
 CONNECTION_OUTCOMES: Final = ("ok", "auth_failed", "refused", "error")
 RELOAD_OUTCOMES: Final = ("ok", "error")
+JWKS_OUTCOMES: Final = ("ok", "error")
 
 AUTH_FAILURE_REASONS: Final = (
     "no_token",
@@ -30,6 +31,8 @@ AUTH_FAILURE_REASONS: Final = (
     "algorithm",
     "bad_signature",
     "unknown_kid",
+    "jwks_not_loaded",
+    "cleartext_password",
     "expired",
     "not_yet_valid",
     "audience",
@@ -77,6 +80,10 @@ GUARD_RULES: Final = (
     "deallocate_all_in_batch",
     "function_call",
     "statement_after_transaction_end",
+    "in_band_in_batch",
+    "in_band_disabled",
+    "in_band_token",
+    "in_band_unsupported",
     "copy_not_last",
     OTHER,
 )
@@ -225,6 +232,12 @@ class Metrics:
         self.guard_refusals = Counter(
             "rlsproxy_guard_refusals_total", "Statements refused by the guard, by rule.", ["rule"], registry=r
         )
+        self.in_band_switches = Counter(
+            "rlsproxy_in_band_switches_total",
+            "In-band identity switches (rlsproxy.jwt), by outcome: ok or the refusal reason.",
+            ["outcome"],
+            registry=r,
+        )
         self.bypass_sessions = Counter(
             "rlsproxy_bypass_sessions_total",
             "Service sessions that bypass RLS.",
@@ -265,6 +278,12 @@ class Metrics:
         self.audit_write_failures = Counter(
             "rlsproxy_audit_write_failures_total", "Audit lines that could not be written.", registry=r
         )
+        self.jwks_refreshes = Counter(
+            "rlsproxy_jwks_refresh_total", "Fetches of jwt.jwks_url by outcome.", ["outcome"], registry=r
+        )
+        self.jwks_keys = Gauge(
+            "rlsproxy_jwks_keys", "Keys in the last good set from jwt.jwks_url.", registry=r
+        )
         self._pools = _PoolCollector()
         r.register(self._pools)
         self._label_kinds: set[str] = set()
@@ -274,12 +293,16 @@ class Metrics:
             self.client_connections_total.labels(outcome)
         for reason in AUTH_FAILURE_REASONS:
             self.auth_failures.labels(reason)
+        for outcome in ("ok", *AUTH_FAILURE_REASONS):
+            self.in_band_switches.labels(outcome)
         for reason in BYPASS_DENIED_REASONS:
             self.bypass_denied.labels(reason)
         for rule in GUARD_RULES:
             self.guard_refusals.labels(rule)
         for outcome in RELOAD_OUTCOMES:
             self.config_reloads.labels(outcome)
+        for outcome in JWKS_OUTCOMES:
+            self.jwks_refreshes.labels(outcome)
 
     # client connections ------------------------------------------------------------------------
     def client_connected(self) -> None:
@@ -306,6 +329,11 @@ class Metrics:
         """One token check: its duration and whether the verification cache answered it."""
         self.jwt_verify_seconds.observe(seconds)
         (self.jwt_cache_hits if cache_hit else self.jwt_cache_misses).inc()
+
+    def in_band_switch(self, outcome: str) -> None:
+        self.in_band_switches.labels(
+            outcome if outcome == "ok" else _bounded(outcome, AUTH_FAILURE_REASONS)
+        ).inc()
 
     # transactions and the guard ----------------------------------------------------------------
     def transaction_finished(self, seconds: float) -> None:
@@ -366,6 +394,11 @@ class Metrics:
 
     def audit_write_failed(self) -> None:
         self.audit_write_failures.inc()
+
+    def jwks_refreshed(self, ok: bool, keys: int) -> None:
+        """One fetch of jwt.jwks_url; `keys` is the size of the set in use afterwards."""
+        self.jwks_refreshes.labels("ok" if ok else "error").inc()
+        self.jwks_keys.set(keys)
 
     def render(self) -> bytes:
         """The text exposition of this registry (serve with CONTENT_TYPE)."""

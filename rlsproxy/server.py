@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
@@ -43,6 +44,9 @@ log = logging.getLogger("rlsproxy.server")
 
 class ClientConnection(asyncio.Protocol):
     """One client: startup handshake, then relaying through its Relay."""
+
+    tls = False  # upgraded by an SSLRequest (listen.tls)
+    draining = False  # the proxy is shutting down: close when the current transaction ends
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -137,6 +141,10 @@ class ClientConnection(asyncio.Protocol):
             state = relay.server
             if state is not None and state.idle:
                 self._transactions_done(relay.transactions)
+        if self.draining:
+            state = relay.server
+            if state is not None and state.idle:
+                self.abort(sqlstate.ADMIN_SHUTDOWN, "terminating connection due to administrator command")
 
     def _transactions_done(self, total: int) -> None:
         """Every transaction begun so far has ended: count them, and time them as one (pipelines)."""
@@ -237,14 +245,18 @@ class ClientConnection(asyncio.Protocol):
                 self.metrics.connection_outcome(outcome)
 
     async def _read_startup(self) -> StartupMessage | None:
+        self.proxy.handshakes.add(self)
         while True:
             await self._read(4)
             length = startup_packet_length(self._inbox)
             await self._read(length)
             packet, self._inbox = self._inbox[:length], self._inbox[length:]
             request = parse_startup_packet(packet)
-            if isinstance(request, SSLRequest | GSSENCRequest):
-                # No TLS yet: 'N' tells the client to carry on in plaintext (or give up).
+            if isinstance(request, SSLRequest):
+                await self._start_tls()
+                continue
+            if isinstance(request, GSSENCRequest):
+                # No GSSAPI encryption: 'N' tells the client to carry on (or to try TLS next).
                 assert self.transport is not None
                 self.transport.write(b"N")
                 continue
@@ -254,7 +266,76 @@ class ClientConnection(asyncio.Protocol):
                 return None
             return request
 
+    async def _start_tls(self) -> None:
+        """SSLRequest: 'S' and a TLS handshake when listen.tls is set, else 'N' (carry on in plaintext)."""
+        transport = self.transport
+        assert transport is not None
+        context = self.proxy.tls_context
+        if self.tls:
+            raise ProtocolViolation("SSLRequest on a connection that already uses TLS")
+        if context is None:
+            transport.write(b"N")
+            return
+        if self._inbox:
+            # Sent before our answer, so in plaintext: a man in the middle could have injected it.
+            raise ProtocolViolation("received unencrypted data after SSLRequest")
+        transport.write(b"S")
+        try:
+            upgraded = await asyncio.get_running_loop().start_tls(transport, self, context, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            log.info("TLS handshake failed", extra={"peer": self._peer, "error": str(exc)})
+            self._finish("tls handshake failed")
+            raise ProtocolViolation("TLS handshake failed") from None
+        if upgraded is None:  # the client went away during the handshake
+            raise ConnectionError("client went away")
+        self.transport = cast(asyncio.Transport, upgraded)
+        self.tls = True
+
+    def _refuse_insecure(self, asks_password: bool) -> None:
+        """listen.tls.require, and no token as a cleartext password from afar without TLS."""
+        listen = self.proxy.config.listen
+        if self.tls:
+            return
+        if listen.tls is not None and listen.tls.require:
+            raise ProxyError(
+                "rlsproxy: TLS is required (listen.tls.require); connect with sslmode=require",
+                code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
+                fatal=True,
+            )
+        if asks_password and not listen.allow_cleartext_password_without_tls:
+            assert self.transport is not None
+            peer = self.transport.get_extra_info("peername")
+            host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+            if not self.proxy.peer_is_local(host):
+                hint = "listen.allow_cleartext_password_without_tls: true allows it on a trusted network"
+                if listen.tls is not None:
+                    hint = "connect with sslmode=require"
+                raise AuthError(
+                    "cleartext_password",
+                    "rlsproxy: a token sent as a cleartext password without TLS is refused from a "
+                    "non-loopback address (listen.allow_cleartext_password_without_tls is false)",
+                    code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
+                    hint=hint,
+                )
+
+    def drain(self) -> None:
+        """Shutting down: close now if between transactions, else when the transaction ends (server_data)."""
+        if self.draining or self._closed or self.relay is None:
+            return  # a handshake still running is looked at again when it is done
+        state = self.relay.server
+        if state is not None and state.idle:
+            self.abort(sqlstate.ADMIN_SHUTDOWN, "terminating connection due to administrator command")
+        else:
+            self.draining = True
+
+    @property
+    def in_handshake(self) -> bool:
+        return not self._closed and self.relay is None
+
     async def _credentials(self, startup: StartupMessage) -> tuple[ClientStartup, str | None]:
+        if self.proxy.draining:
+            raise ProxyError("rlsproxy is shutting down", code=sqlstate.CANNOT_CONNECT_NOW, fatal=True)
+        self._refuse_insecure(asks_password=False)
         if startup.minor > 0 or startup.protocol_options:
             assert self.transport is not None
             self.transport.write(build_negotiate_protocol_version(0, startup.protocol_options))
@@ -268,8 +349,10 @@ class ClientConnection(asyncio.Protocol):
                 hint=f'this rlsproxy serves the database "{database}"',
             )
         if client.token is not None or client.anonymous_requested:
+            await self.proxy.await_keys(client.token)
             return client, client.token
         # No token in the startup packet: ask for it as the password (for URL-only ORMs).
+        self._refuse_insecure(asks_password=True)
         assert self.transport is not None
         self.transport.write(be.AUTHENTICATION_CLEARTEXT_PASSWORD)
         await self._read(5)
@@ -281,6 +364,7 @@ class ClientConnection(asyncio.Protocol):
             end = next_message(self._inbox, 0, MAX_STARTUP_PACKET_LENGTH)
         body, self._inbox = self._inbox[5:end], self._inbox[end:]
         password = body[:-1].decode(errors="replace") if body.endswith(b"\0") else ""
+        await self.proxy.await_keys(password or None)
         return client, password or None
 
     def _authenticate(self, token: str | None, label: str | None) -> Identity:
@@ -358,6 +442,8 @@ class ClientConnection(asyncio.Protocol):
             on_refusal=self.metrics.refusal,
             on_statement=self._audit_statement if self.trail is not None else None,
             restore=settings_messages(client.settings),
+            # Service sessions keep the identity they were audited under: no in-band switching.
+            in_band=self._in_band_check if proxy.config.jwt.in_band and self.trail is None else None,
         )
         relay.attach(state)
         server.listener = self
@@ -371,6 +457,34 @@ class ClientConnection(asyncio.Protocol):
             pending, self._inbox = self._inbox, b""
             self.bytes_in -= len(pending)  # counted when it arrived
             self.data_received(pending)
+
+    def _in_band_check(self, token: str) -> tuple[str, str]:
+        """The relay's in-band switch: verify `token` ("" = back to the startup identity).
+
+        Errors are statement errors (the session goes on): 28000 for a bad token, 42501 for a
+        service identity, which may bypass RLS only from startup, with its label and audit trail.
+        """
+        startup = self.identity
+        assert startup is not None
+        if not token:
+            self.metrics.in_band_switch("ok")
+            return startup.role, startup.claims_json
+        try:
+            identity = self._authenticate(token, None)
+        except BypassDenied as exc:
+            self.metrics.in_band_switch(exc.reason)
+            if exc.service is not None:
+                raise ProxyError(
+                    f"rlsproxy: {exc.message}; services connect with their label (rlsproxy.label) at "
+                    "startup, never in-band",
+                    code=sqlstate.INSUFFICIENT_PRIVILEGE,
+                ) from None
+            raise ProxyError(f"rlsproxy: {exc.message}", code=exc.sqlstate) from None
+        except AuthError as exc:
+            self.metrics.in_band_switch(exc.reason)
+            raise ProxyError(f"rlsproxy: {exc.message}", code=exc.sqlstate, hint=exc.hint) from None
+        self.metrics.in_band_switch("ok")
+        return identity.role, identity.claims_json
 
     def _audit_statement(self, sql: bytes) -> None:
         """Before a service session's statement goes upstream; no trail, no statement (fail closed)."""

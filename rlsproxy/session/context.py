@@ -13,7 +13,15 @@ from rlsproxy.wire import frontend as fe
 from rlsproxy.wire.backend import message
 
 CONTEXT_STATEMENT = "rlsproxy_ctx"
-CONTEXT_SQL = "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)"
+# Sets role and claims for the transaction, unless the client already switched this transaction's
+# identity in-band (in_band.py marks it with rlsproxy.in_band, a setting clients cannot write): a
+# prefix pipelined later in the same transaction must not undo that switch.
+CONTEXT_SQL = (
+    "SELECT set_config('role', CASE WHEN current_setting('rlsproxy.in_band', true) = 'on' "
+    "THEN current_setting('role') ELSE $1 END, true), "
+    "set_config('request.jwt.claims', CASE WHEN current_setting('rlsproxy.in_band', true) = 'on' "
+    "THEN current_setting('request.jwt.claims', true) ELSE $2 END, true)"
+)
 TEXT_OID = 25
 
 PARSE_CONTEXT = fe.parse(CONTEXT_STATEMENT, CONTEXT_SQL, (TEXT_OID, TEXT_OID))

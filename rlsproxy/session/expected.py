@@ -35,6 +35,7 @@ class Pending:
         "prefix_failed",
         "replacement",
         "stmt_index",
+        "tag",
         "translated",
     )
 
@@ -52,6 +53,8 @@ class Pending:
         self.translated = False
         self.offsets: tuple[int, ...] | None = None
         self.stmt_index = 0
+        # CLIENT, translated: the CommandComplete to show instead of the server's (an in-band SET).
+        self.tag: bytes | None = None
         # CLIENT: the proxy's Sync for a translated COPY FROM STDIN waits for the client's CopyDone
         # (Postgres ignores Sync during COPY).
         self.deferred_sync = False

@@ -23,11 +23,12 @@ from pglast.parser import ParseError
 
 from rlsproxy.session.guard_plpgsql import DynamicExecute, Unanalysable, embedded_sql
 from rlsproxy.session.guard_support import needs_no_transaction, parse
+from rlsproxy.session.in_band import InBand, recognise
 from rlsproxy.wire import sqlstate
 
 __all__ = ["ALLOW", "RESERVED_NAME_PREFIX", "Guard", "Verdict", "classify", "is_reserved_statement_name"]
 
-Action = Literal["allow", "refuse", "discard_all", "deallocate_all", "reset_all"]
+Action = Literal["allow", "refuse", "discard_all", "deallocate_all", "reset_all", "in_band"]
 
 RESERVED_NAME_PREFIX: Final = "rlsproxy_"
 _SYNTAX_ERROR: Final = "42601"
@@ -67,6 +68,7 @@ class Verdict:
     message: str | None = None
     hint: str | None = None
     position: int | None = None  # 1-based character position, as Postgres' P field
+    in_band: InBand | None = None  # action "in_band": the identity switch the statement asks for
 
 
 ALLOW: Final = Verdict("allow")
@@ -117,6 +119,15 @@ def classify(sql: str) -> Verdict:
             return _DISCARD_ALL
         if isinstance(stmt, ast.DeallocateStmt) and stmt.isall:
             return _DEALLOCATE_ALL
+    if len(raws) == 1 and (switch := recognise(raws[0].stmt)) is not None:
+        return Verdict("in_band", in_band=switch)
+    if len(raws) > 1 and any(recognise(raw.stmt) is not None for raw in raws):
+        return _refuse(
+            "in_band_in_batch",
+            "an in-band identity switch (rlsproxy.jwt) must be a statement of its own",
+            "send it as a query of its own, before the statements it applies to",
+            code=sqlstate.FEATURE_NOT_SUPPORTED,
+        )
     if len(raws) > 1 and any(_ends_transaction(raw.stmt) for raw in raws[:-1]):
         return _refuse(
             "statement_after_transaction_end",

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rlsproxy.errors import ProtocolViolation
+from rlsproxy.errors import ProtocolViolation, ProxyError
 from rlsproxy.session import context
 from rlsproxy.session.expected import CLIENT, CTX_UNKNOWN, PREFIX, Pending
 from rlsproxy.session.guard import Guard, Verdict, is_reserved_statement_name
+from rlsproxy.session.in_band import SET_CONFIG_SQL, SET_SQL, InBand, payload
 from rlsproxy.session.server import Chunks, ServerState
-from rlsproxy.session.simple import Translation, decode_sql, translate
+from rlsproxy.session.simple import DESCRIBE_UNNAMED_PORTAL, Translation, decode_sql, translate
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
@@ -76,6 +77,21 @@ COPY_NOT_LAST_REFUSED = be.error_response(
     "rlsproxy: COPY FROM STDIN must be the last statement of a multi-statement query",
     hint="send the COPY as a query of its own",
 )
+IN_BAND_DISABLED = be.error_response(
+    sqlstate.INSUFFICIENT_PRIVILEGE,
+    "rlsproxy: in-band identity switching is disabled (jwt.in_band: false)",
+    hint="connect with the token in the startup packet instead",
+)
+IN_BAND_EXTENDED_SET = be.error_response(
+    sqlstate.FEATURE_NOT_SUPPORTED,
+    "rlsproxy: SET/RESET rlsproxy.jwt are supported in the simple query protocol only",
+    hint="use SELECT set_config('rlsproxy.jwt', $1, true) (or false for the session)",
+)
+IN_BAND_NO_PARAMETER = be.error_response(sqlstate.UNDEFINED_PARAMETER, "there is no parameter $1", position=1)
+# token -> (role, claims_json) of the identity it may switch to ("" = the startup identity);
+# raises ProxyError (28000 bad token, 42501 not allowed in-band). Supplied by the edge.
+InBandCheck = Callable[[str], tuple[str, str]]
+
 RESERVED_NAME_REFUSED = be.error_response(
     sqlstate.INSUFFICIENT_PRIVILEGE,
     'rlsproxy: prepared statement names starting with "rlsproxy_" are reserved for the proxy',
@@ -94,6 +110,7 @@ class Relay:
         on_refusal: Callable[[str], None] | None = None,
         on_statement: Callable[[bytes], None] | None = None,
         restore: bytes = b"",
+        in_band: InBandCheck | None = None,
     ) -> None:
         self.prefix = prefix  # context_prefix() of the current identity
         self.server: ServerState | None = None
@@ -112,6 +129,10 @@ class Relay:
         # sent after a batch with RESET ALL or DISCARD ALL, which reset them to the server defaults.
         self._restore = restore
         self._restore_after_sync = False
+        self._in_band = in_band
+        # Prepared statements (by name) that are in-band switches, rewritten at Parse; their Binds
+        # carry the token and are rewritten too.
+        self._in_band_statements: dict[bytes, InBand] = {}
         self._rest = b""
         self._open: Pending | None = None  # the client batch not yet ended by Sync/Query
         self._syncs_after_execute = 0
@@ -242,6 +263,10 @@ class Relay:
             return
         self._syncs_after_execute = 0
         self.statements += 1
+        if action == "in_band":
+            assert verdict.in_band is not None
+            self._in_band_query(server, verdict.in_band, to_server)
+            return
         if self._on_statement is not None:
             self._on_statement(sql)
         # DISCARD ALL must run outside any transaction, so it goes without the prefix; it runs
@@ -283,6 +308,79 @@ class Relay:
             to_server.append(fe.SYNC)
         self._end_batch(server)
 
+    # -- in-band identity ---------------------------------------------------------------------
+    def _switch(self, switch: InBand, token: str) -> tuple[str, str]:
+        """Verify the token (ProxyError if refused); a session-scope switch also changes later prefixes."""
+        assert self._in_band is not None
+        role, claims = self._in_band("" if switch.form == "reset" else token)
+        if not switch.local:
+            self.prefix = context.context_prefix(role, claims)
+        return role, claims
+
+    def _in_band_query(self, server: ServerState, switch: InBand, to_server: Chunks) -> None:
+        """Simple protocol: the proxy's own statement, translated, with the reply the client expects."""
+        if self._in_band is None:
+            self._refuse_query(server, "in_band_disabled", IN_BAND_DISABLED, to_server)
+            return
+        if switch.param is not None:
+            self._refuse_query(server, "in_band_unsupported", IN_BAND_NO_PARAMETER, to_server)
+            return
+        token = switch.literal or ""
+        try:
+            role, claims = self._switch(switch, token)
+        except ProxyError as exc:
+            error = be.error_response(exc.sqlstate, exc.message, hint=exc.hint)
+            self._refuse_query(server, "in_band_token", error, to_server)
+            return
+        value = (payload(role, claims, token),)
+        if switch.form == "set_config":
+            messages = fe.parse("", SET_CONFIG_SQL) + fe.bind("", value) + DESCRIBE_UNNAMED_PORTAL
+        else:
+            messages = fe.parse("", SET_SQL) + fe.bind("", value)
+        self._open_batch(server, to_server, context=False)
+        entry = self._open
+        assert entry is not None
+        entry.translated = True
+        tag = switch.tag
+        if tag is not None:
+            entry.tag = be.message(codes.COMMAND_COMPLETE, tag + b"\0")
+        to_server.append(messages + fe.execute() + fe.SYNC)
+        self._end_batch(server)
+
+    def _in_band_parse(
+        self, server: ServerState, name: bytes, switch: InBand, body: bytes, to_server: Chunks
+    ) -> None:
+        if self._in_band is None:
+            self._refuse_extended(server, "in_band_disabled", IN_BAND_DISABLED, to_server)
+            return
+        if switch.form != "set_config":
+            self._refuse_extended(server, "in_band_unsupported", IN_BAND_EXTENDED_SET, to_server)
+            return
+        if self._open is None:
+            self._open_batch(server, to_server, context=True)
+        # Same parameter type as the client declared for its $1 (a literal token has none).
+        types = fe.parse_param_types(body)[:1] if switch.param is not None else ()
+        self._in_band_statements[name] = switch
+        to_server.append(fe.parse(name.decode(errors="surrogateescape"), SET_CONFIG_SQL, types))
+
+    def _in_band_bind(self, server: ServerState, switch: InBand, body: bytes, to_server: Chunks) -> None:
+        parts = fe.bind_parts(body)
+        if switch.param is not None:
+            raw = parts.params[0] if parts.params else None
+            token = raw.decode(errors="replace") if raw is not None else ""
+        else:
+            token = switch.literal or ""
+        if self._open is None:
+            self._open_batch(server, to_server, context=True)
+        try:
+            role, claims = self._switch(switch, token)
+        except ProxyError as exc:
+            error = be.error_response(exc.sqlstate, exc.message, hint=exc.hint)
+            self._refuse_extended(server, "in_band_token", error, to_server)
+            return
+        value = payload(role, claims, token).encode()
+        to_server.append(fe.build_bind(parts._replace(param_formats=(), params=(value,))))
+
     @staticmethod
     def _may_be_idle(server: ServerState) -> bool:
         """Not surely inside a transaction: replies are outstanding, or the last status was idle."""
@@ -298,6 +396,12 @@ class Relay:
             if verdict.action == "refuse":
                 self._refuse_extended(server, verdict.rule or "refused", refusal_error(verdict), to_server)
                 return
+            if verdict.action == "in_band":
+                assert verdict.in_band is not None
+                self._in_band_parse(server, name, verdict.in_band, body, to_server)
+                return
+            if self._in_band_statements:
+                self._in_band_statements.pop(name, None)
             if self._open is None:
                 self._open_batch(server, to_server, context=verdict.action != "discard_all")
             if verdict.action in ("discard_all", "deallocate_all"):
@@ -309,6 +413,9 @@ class Relay:
         else:
             if t == codes.BIND:
                 name = fe.bind_statement(body)
+                if self._in_band_statements and (switch := self._in_band_statements.get(name)) is not None:
+                    self._in_band_bind(server, switch, body, to_server)
+                    return
                 if self._on_statement is not None:
                     self._portal_sql[body[: max(body.find(0), 0)]] = self._statement_sql.get(name, b"")
             else:

@@ -92,6 +92,11 @@ class ServerState:
                         fwd = end
                     elif t == codes.COMMAND_COMPLETE or t == codes.EMPTY_QUERY_RESPONSE:
                         head.stmt_index += 1
+                        if head.tag is not None:
+                            if fwd < pos:
+                                to_client.append(view[fwd:pos])
+                            to_client.append(head.tag)
+                            fwd = end
                 elif t == codes.PARAMETER_STATUS:
                     self._note_parameter(data[pos + 5 : end])
                 pos = end

@@ -7,6 +7,7 @@ the SQL text of Query and Parse, and the statement names of Parse, Bind, Describ
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 from rlsproxy.wire import codes
 from rlsproxy.wire.backend import message
@@ -45,6 +46,68 @@ def bind(statement: str, params: tuple[str | None, ...], portal: str = "") -> by
             parts.append(raw)
     parts.append(_I16.pack(0))
     return message(codes.BIND, b"".join(parts))
+
+
+class BindParts(NamedTuple):
+    portal: bytes
+    statement: bytes
+    param_formats: tuple[int, ...]
+    params: tuple[bytes | None, ...]
+    result_formats: tuple[int, ...]
+
+
+def bind_parts(body: bytes) -> BindParts:
+    """Every field of a Bind message body. MalformedMessage if the layout is wrong."""
+    portal, pos = _cstring(body, 0)
+    statement, pos = _cstring(body, pos)
+    try:
+        (count,) = _I16.unpack_from(body, pos)
+        formats = struct.unpack_from(f"!{count}h", body, pos + 2)
+        pos += 2 + 2 * count
+        (count,) = _I16.unpack_from(body, pos)
+        pos += 2
+        params: list[bytes | None] = []
+        for _ in range(count):
+            (size,) = _I32.unpack_from(body, pos)
+            pos += 4
+            if size < 0:
+                params.append(None)
+                continue
+            if pos + size > len(body):
+                raise MalformedMessage("Bind parameter runs past the message")
+            params.append(bytes(body[pos : pos + size]))
+            pos += size
+        (count,) = _I16.unpack_from(body, pos)
+        results = struct.unpack_from(f"!{count}h", body, pos + 2)
+    except struct.error:
+        raise MalformedMessage("Bind message is truncated") from None
+    return BindParts(portal, statement, formats, tuple(params), results)
+
+
+def build_bind(parts: BindParts) -> bytes:
+    """A Bind message from its fields (parameters given as raw bytes in their stated formats)."""
+    out = [parts.portal, b"\0", parts.statement, b"\0", _I16.pack(len(parts.param_formats))]
+    out += [_I16.pack(f) for f in parts.param_formats]
+    out.append(_I16.pack(len(parts.params)))
+    for value in parts.params:
+        if value is None:
+            out.append(_I32.pack(-1))
+        else:
+            out += [_I32.pack(len(value)), value]
+    out.append(_I16.pack(len(parts.result_formats)))
+    out += [_I16.pack(f) for f in parts.result_formats]
+    return message(codes.BIND, b"".join(out))
+
+
+def parse_param_types(body: bytes) -> tuple[int, ...]:
+    """The parameter type OIDs declared in a Parse message body."""
+    _, pos = _cstring(body, 0)
+    _, pos = _cstring(body, pos)
+    try:
+        (count,) = _I16.unpack_from(body, pos)
+        return tuple(struct.unpack_from(f"!{count}I", body, pos + 2))
+    except struct.error:
+        raise MalformedMessage("Parse message is truncated") from None
 
 
 def execute(portal: str = "", max_rows: int = 0) -> bytes:

@@ -41,7 +41,18 @@ REFUSED: list[tuple[str, str, str]] = [
     ("RESET request.jwt.claims", "protected_setting", PRIV),
     ("SET request.jwt.claims FROM CURRENT", "protected_setting", PRIV),
     ("SET request.jwt.claims TO DEFAULT", "protected_setting", PRIV),
-    ("SET rlsproxy.jwt = 'x'", "protected_setting", PRIV),
+    ("SET rlsproxy.label = 'x'", "protected_setting", PRIV),
+    ("SET rlsproxy.in_band = 'on'", "protected_setting", PRIV),
+    # rlsproxy.jwt anywhere but in the exact in-band shapes (see test_in_band_shapes)
+    ("select set_config('rlsproxy.jwt', 'x', true), 1", "protected_set_config", PRIV),
+    ("select set_config('rlsproxy.jwt', 'x', true) from notes", "protected_set_config", PRIV),
+    ("select set_config('rlsproxy.jwt', $2, true)", "protected_set_config", PRIV),
+    ("select set_config('rlsproxy.jwt', 'x', $1)", "protected_set_config", PRIV),
+    ("select set_config('rlsproxy.jwt', 'x', true) as t", "protected_set_config", PRIV),
+    ("do $$ begin perform set_config('rlsproxy.jwt', 'x', true); end $$", "protected_set_config", PRIV),
+    ("SET rlsproxy.jwt = 1", "protected_setting", PRIV),
+    ("select 1; set local rlsproxy.jwt = 'x'", "in_band_in_batch", "0A000"),
+    ("select set_config('rlsproxy.jwt', 'x', true); select 1", "in_band_in_batch", "0A000"),
     ("set RLSPROXY.anything to 1", "protected_setting", PRIV),
     ("ALTER ROLE me SET role = 'x'", "protected_setting", PRIV),
     ("ALTER USER me SET request.jwt.claims = '{}'", "protected_setting", PRIV),
@@ -573,3 +584,23 @@ def test_reset_all_is_allowed_and_flagged(sql: str) -> None:
 
 def test_reset_of_one_setting_is_plain_allow() -> None:
     assert classify("RESET application_name").action == "allow"
+
+
+@pytest.mark.parametrize(
+    ("sql", "form", "local", "literal", "param"),
+    [
+        ("SELECT set_config('rlsproxy.jwt', $1, true)", "set_config", True, None, 1),
+        ("select pg_catalog.set_config('RLSPROXY.JWT', $1::text, false)", "set_config", False, None, 1),
+        ("select set_config('rlsproxy.jwt', 'tok', 't')", "set_config", True, "tok", None),
+        ("SET LOCAL rlsproxy.jwt = 'tok'", "set", True, "tok", None),
+        ("set rlsproxy.jwt to 'tok'", "set", False, "tok", None),
+        ("RESET rlsproxy.jwt", "reset", False, None, None),
+        ("SET LOCAL rlsproxy.jwt TO DEFAULT", "reset", True, None, None),
+    ],
+)
+def test_in_band_shapes(sql: str, form: str, local: bool, literal: str | None, param: int | None) -> None:
+    verdict = classify(sql)
+    assert verdict.action == "in_band"
+    assert verdict.in_band is not None
+    assert (verdict.in_band.form, verdict.in_band.local) == (form, local)
+    assert (verdict.in_band.literal, verdict.in_band.param) == (literal, param)

@@ -1,0 +1,218 @@
+"""In-band identity: apps with their own pool switch the identity per transaction with a token."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import ClientCursor
+from psycopg_pool import ConnectionPool
+
+from rlsproxy.devcluster import ALICE, BOB
+from tests.integration.conftest import token_for
+from tests.integration.test_bypass_audit import service_token
+from tests.support.proxy import RunningProxy, base_config
+
+WHO = "select coalesce(auth.uid()::text, 'anon'), current_user::text, count(*) from notes"
+ALICE_VIEW = (ALICE, "authenticated", 3)
+BOB_VIEW = (BOB, "authenticated", 3)
+ANON_VIEW = ("anon", "anon", 2)
+
+
+def anonymous(proxy: RunningProxy, **kw: Any) -> psycopg.Connection[Any]:
+    """A connection whose startup identity is anonymous (an empty token)."""
+    return psycopg.connect(proxy.dsn(token=""), **kw)
+
+
+def test_set_local_lasts_for_the_transaction_simple_protocol(proxy: RunningProxy) -> None:
+    with anonymous(proxy) as conn:
+        cur = ClientCursor(conn)  # the simple query protocol
+        cur.execute(f"SET LOCAL rlsproxy.jwt = '{token_for(ALICE)}'")
+        assert cur.statusmessage == "SET"
+        assert conn.execute(WHO).fetchone() == ALICE_VIEW
+        conn.commit()
+        assert conn.execute(WHO).fetchone() == ANON_VIEW  # back to the startup identity
+        conn.rollback()
+
+
+def test_set_config_local_with_bind_parameter(proxy: RunningProxy) -> None:
+    token = token_for(BOB)
+    with anonymous(proxy) as conn:
+        row = conn.execute("select set_config('rlsproxy.jwt', %s, true)", [token]).fetchone()
+        assert row == (token,)  # what set_config returns: the value set
+        assert conn.execute(WHO).fetchone() == BOB_VIEW
+        conn.rollback()  # ROLLBACK ends the switch too
+        assert conn.execute(WHO).fetchone() == ANON_VIEW
+
+
+def test_set_config_literal_simple_protocol_replies_like_postgres(proxy: RunningProxy) -> None:
+    token = token_for(ALICE)
+    with anonymous(proxy, autocommit=True) as conn:
+        cur = ClientCursor(conn)
+        cur.execute(f"select set_config('rlsproxy.jwt', '{token}', true)")
+        assert cur.description is not None and cur.description[0].name == "set_config"
+        assert cur.fetchall() == [(token,)]
+        assert cur.statusmessage == "SELECT 1"
+        # outside a transaction block, a local setting lasts for that statement only
+        assert conn.execute(WHO).fetchone() == ANON_VIEW
+
+
+def test_session_scope_and_reset(proxy: RunningProxy) -> None:
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
+        cur = ClientCursor(conn)
+        cur.execute(f"SET rlsproxy.jwt = '{token_for(BOB)}'")
+        assert cur.statusmessage == "SET"
+        assert conn.execute(WHO).fetchone() == BOB_VIEW
+        assert conn.execute(WHO).fetchone() == BOB_VIEW  # later transactions too
+        conn.execute("select set_config('rlsproxy.jwt', %s, false)", [""])  # empty: startup identity
+        assert conn.execute(WHO).fetchone() == ALICE_VIEW
+        conn.execute("select set_config('rlsproxy.jwt', %s, false)", [token_for(BOB)])
+        assert conn.execute(WHO).fetchone() == BOB_VIEW
+        cur.execute("RESET rlsproxy.jwt")
+        assert cur.statusmessage == "RESET"
+        assert conn.execute(WHO).fetchone() == ALICE_VIEW
+
+
+def test_bad_token_fails_the_statement_not_the_connection(proxy: RunningProxy) -> None:
+    expired = token_for(BOB, ttl_s=-3600)
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE))) as conn:
+        conn.execute("insert into notes (user_id, title) values (%s, 'in-band rollback')", [ALICE])
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="expired"):
+            conn.execute("select set_config('rlsproxy.jwt', %s, true)", [expired])
+        # the transaction is aborted as Postgres would abort it; the insert does not survive
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("select 1")
+        conn.rollback()
+        assert conn.execute(WHO).fetchone() == ALICE_VIEW  # identity unchanged
+        assert conn.execute("select count(*) from notes where title = 'in-band rollback'").fetchone() == (0,)
+        conn.rollback()
+        from rlsproxy.auth.mint import mint_token
+
+        forged = mint_token("another-secret-0123456789abcdef0123456789", sub=BOB, role="authenticated")
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="signature"):
+            ClientCursor(conn).execute(f"SET LOCAL rlsproxy.jwt = '{forged}'")
+        conn.rollback()
+        assert conn.execute(WHO).fetchone() == ALICE_VIEW
+
+
+def test_in_band_cannot_become_a_service_or_a_forbidden_role(make_proxy: Any, pg: Any, tmp_path: Any) -> None:
+    from tests.integration.test_bypass_audit import bypass_config
+
+    proxy = make_proxy(bypass_config(pg, tmp_path / "audit.jsonl"))
+    with anonymous(proxy) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="connect with their label"):
+            conn.execute("select set_config('rlsproxy.jwt', %s, true)", [service_token()])
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match='role "service_role"'):
+            conn.execute(
+                "select set_config('rlsproxy.jwt', %s, true)", [token_for(ALICE, role="service_role")]
+            )
+        conn.rollback()
+        assert conn.execute(WHO).fetchone() == ANON_VIEW
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [line["event"] for line in lines] == ["bypass.denied", "bypass.denied"]
+    registry = proxy.proxy.metrics.registry
+    assert registry.get_sample_value("rlsproxy_in_band_switches_total", {"outcome": "bypass_no_label"}) == 1
+
+
+def test_disabled_in_band(make_proxy: Any, pg: Any) -> None:
+    config = base_config(pg)
+    proxy = make_proxy(replace(config, jwt=replace(config.jwt, in_band=False)))
+    with anonymous(proxy) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="in_band: false"):
+            conn.execute("select set_config('rlsproxy.jwt', %s, true)", [token_for(ALICE)])
+
+
+def test_set_in_extended_protocol_is_refused_with_advice(proxy: RunningProxy) -> None:
+    from rlsproxy.wire import frontend as fe
+    from tests.support.rawpg import RawConnection, error_fields
+
+    raw = RawConnection(proxy.port, {"user": "app", "database": "app", "rlsproxy.jwt": ""})
+    try:
+        sql = f"SET LOCAL rlsproxy.jwt = '{token_for(ALICE)}'"
+        raw.send(fe.parse("", sql) + fe.bind("", ()) + fe.execute() + fe.SYNC)
+        replies = raw.until_ready()
+        assert [t for t, _ in replies] == ["E", "Z"]
+        fields = error_fields(replies[0])
+        assert fields["C"] == "0A000" and "simple query protocol" in fields["M"]
+        raw.send(fe.query(WHO))
+        assert next(body for t, body in raw.until_ready() if t == "D").endswith(b"anon\x00\x00\x00\x012")
+    finally:
+        raw.close()
+
+
+def test_pipelined_transactions_switch_identity(proxy: RunningProxy) -> None:
+    """Several transactions in one pipeline: the context prefix sent ahead of later batches inside a
+    switched transaction must not undo the switch."""
+    with anonymous(proxy) as conn:
+        results = []
+        with conn.pipeline():
+            for token in (token_for(ALICE), token_for(BOB), token_for(ALICE)):
+                with conn.transaction():
+                    conn.execute("select set_config('rlsproxy.jwt', %s, true)", [token])
+                    results.append(conn.execute(WHO))
+                    results.append(conn.execute(WHO))
+            results.append(conn.execute(WHO))
+        seen = [cur.fetchone() for cur in results]
+    assert seen == [ALICE_VIEW, ALICE_VIEW, BOB_VIEW, BOB_VIEW, ALICE_VIEW, ALICE_VIEW, ANON_VIEW]
+
+
+def test_psycopg_pool_interleaved_users(proxy: RunningProxy) -> None:
+    tokens = {ALICE: token_for(ALICE), BOB: token_for(BOB)}
+    with ConnectionPool(proxy.dsn(token=""), min_size=2, max_size=2, open=True) as pool:
+        for user in itertools.islice(itertools.cycle((ALICE, BOB)), 200):
+            with pool.connection() as conn, conn.transaction():
+                conn.execute("select set_config('rlsproxy.jwt', %s, true)", [tokens[user]])
+                uid, role, visible = conn.execute(WHO).fetchone() or ()
+                claims = conn.execute("select auth.jwt()->>'sub'").fetchone()
+                assert (uid, role, visible, claims) == (user, "authenticated", 3, (user,))
+                own = conn.execute("select count(*) from notes where user_id = %s", [user]).fetchone()
+                assert own == (2,)
+        with pool.connection() as conn:  # handed back after SET LOCAL: startup identity again
+            assert conn.execute(WHO).fetchone() == ANON_VIEW
+
+
+def test_asyncpg_pool_interleaved_users(proxy: RunningProxy) -> None:
+    import asyncpg
+
+    tokens = {ALICE: token_for(ALICE), BOB: token_for(BOB)}
+
+    async def main() -> list[tuple[Any, ...]]:
+        pool = await asyncpg.create_pool(
+            host="127.0.0.1",
+            port=proxy.port,
+            user="app",
+            database="app",
+            min_size=2,
+            max_size=2,
+            server_settings={"rlsproxy.jwt": ""},
+        )
+        seen = []
+        try:
+
+            async def one(user: str) -> tuple[Any, ...]:
+                async with pool.acquire() as conn, conn.transaction():
+                    value = await conn.fetchval("select set_config('rlsproxy.jwt', $1, true)", tokens[user])
+                    assert value == tokens[user]
+                    row = await conn.fetchrow(WHO)
+                    return (user, *row)
+
+            for batch in range(50):
+                users = (ALICE, BOB) if batch % 2 else (BOB, ALICE)
+                seen += await asyncio.gather(*(one(u) for u in users))
+            async with pool.acquire() as conn:
+                seen.append(("anon", *(await conn.fetchrow(WHO))))
+        finally:
+            await pool.close()
+        return seen
+
+    seen = asyncio.run(main())
+    assert len(seen) == 101
+    for user, uid, role, visible in seen[:-1]:
+        assert (uid, role, visible) == (user, "authenticated", 3)
+    assert seen[-1][1:] == ANON_VIEW
