@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn, TypeVar, cast
@@ -22,12 +23,26 @@ import yaml
 
 PoolMode = Literal["session"]
 AuditStatements = Literal["none", "fingerprint", "full"]
+SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+SSL_MODES: tuple[SslMode, ...] = ("disable", "prefer", "require", "verify-ca", "verify-full")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The client-facing TLS certificate (PEM chain) and key; `require` refuses plaintext clients."""
+
+    cert: str
+    key: str
+    require: bool = False
 
 
 @dataclass(frozen=True)
 class ListenConfig:
     host: str = "127.0.0.1"
     port: int = 6432
+    tls: TlsConfig | None = None
+    # A token asked for as a cleartext password may cross the network unencrypted only when this is set.
+    allow_cleartext_password_without_tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,8 @@ class UpstreamConfig:
     service_user: str | None = None
     service_password: str | None = field(default=None, repr=False)
     connect_timeout_s: float = 5.0
+    sslmode: SslMode = "prefer"  # libpq's meanings
+    sslrootcert: str | None = None  # CA bundle for verify-ca/verify-full (None: the system store)
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,9 @@ class JwtConfig:
     secret: str | None = field(default=None, repr=False)
     public_keys: tuple[str, ...] = ()  # PEM file paths
     jwks_file: str | None = None
+    jwks_url: str | None = None  # https only; fetched, cached and refreshed by rlsproxy.jwks
+    jwks_ca_file: str | None = None  # CA bundle to verify jwks_url with (None: the system store)
+    jwks_refresh_s: float = 300.0
     audience: tuple[str, ...] | None = None
     issuer: str | None = None
     leeway_s: float = 30.0
@@ -99,6 +119,7 @@ class LimitsConfig:
     startup_timeout_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
     guard_cache_size: int = 10_000
+    shutdown_timeout_s: float = 30.0  # SIGTERM: how long open transactions may take to finish
 
 
 @dataclass(frozen=True)
@@ -189,7 +210,7 @@ def parse_config(
     root = r.section("", data, _SECTIONS)
     if root is None:
         raise ConfigError(r.problems)
-    listen = _listen(r.section("listen", root.raw("listen"), ListenConfig))
+    listen = _listen(r, r.section("listen", root.raw("listen"), ListenConfig))
     upstream = _upstream(r, r.section("upstream", root.raw("upstream"), UpstreamConfig))
     pool = _pool(r.section("pool", root.raw("pool"), PoolConfig))
     jwt = _jwt(r, r.section("jwt", root.raw("jwt"), JwtConfig))
@@ -225,10 +246,14 @@ def describe(config: Config) -> str:
     keys = [f"secret {_is_set(j.secret)}"] if j.secret is not None else []
     keys += [f"public key {k}" for k in j.public_keys]
     keys += [f"JWKS {j.jwks_file}"] if j.jwks_file else []
+    keys += [f"JWKS {j.jwks_url} (refreshed every {_num(j.jwks_refresh_s)}s)"] if j.jwks_url else []
+    lc = config.listen
+    tls = "no TLS" if lc.tls is None else f"TLS {'required' if lc.tls.require else 'offered'} ({lc.tls.cert})"
+    cleartext = "allowed" if lc.allow_cleartext_password_without_tls else "loopback only"
     lines = [
-        f"listen:    {_hostport(config.listen.host, config.listen.port)}",
+        f"listen:    {_hostport(lc.host, lc.port)}, {tls}; token as password without TLS: {cleartext}",
         f"upstream:  {u.user}@{_hostport(u.host, u.port)}/{u.database} (password {_is_set(u.password)})"
-        f"{service_login}; connect timeout {_num(u.connect_timeout_s)}s",
+        f"{service_login}; connect timeout {_num(u.connect_timeout_s)}s; sslmode {u.sslmode}",
         f"pool:      {p.mode} mode, max {p.max_size} connections, acquire timeout {p.acquire_timeout_ms}ms, "
         f"idle timeout {_num(p.idle_timeout_s)}s",
         f"jwt:       {', '.join(j.algorithms)}; {', '.join(keys) or 'no keys'}",
@@ -248,7 +273,8 @@ def describe(config: Config) -> str:
     lines += [
         f"audit:     {'stdout' if a.path == '-' else a.path}, statements {a.statements}",
         f"limits:    startup timeout {_num(lim.startup_timeout_s)}s, "
-        f"max message {lim.max_message_bytes} bytes, guard cache {lim.guard_cache_size}",
+        f"max message {lim.max_message_bytes} bytes, guard cache {lim.guard_cache_size}, "
+        f"shutdown timeout {_num(lim.shutdown_timeout_s)}s",
         f"log:       {config.log.format}, level {config.log.level}",
     ]
     return "\n".join(lines)
@@ -478,6 +504,18 @@ def _role_name(value: object, from_env: bool) -> str:
     return value
 
 
+def _https_url(value: object, from_env: bool) -> str:
+    text = _string()(value, from_env)
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme != "https":
+        raise _Bad(
+            f"expected an https:// URL, got {_show(text)} (keys fetched over plain HTTP could be forged)"
+        )
+    if not parts.hostname:
+        raise _Bad(f"expected an https:// URL with a host, got {_show(text)}")
+    return text
+
+
 def _claim_path(value: object, from_env: bool) -> str:
     text = _string()(value, from_env)
     if not _CLAIM_PATH.fullmatch(text):
@@ -633,13 +671,39 @@ _PORT = _integer(1, 65535, what="a port number (1-65535)")
 _POSITIVE_INT = _integer(1, what="a positive integer")
 _POSITIVE = _number(0, exclusive=True, what="a positive number")
 _NON_NEGATIVE = _number(0, exclusive=False, what="a number >= 0")
+_AT_LEAST_ONE = _number(1, exclusive=False, what="a number >= 1")
 
 
-def _listen(s: _Section | None) -> ListenConfig:
+_TLS_WHAT = {"cert": "a PEM certificate (chain) file", "key": "its PEM private key file"}
+
+
+def _listen(r: _Reader, s: _Section | None) -> ListenConfig:
     d = ListenConfig()
     if s is None:
         return d
-    return ListenConfig(host=s.get("host", _HOST, d.host), port=s.get("port", _PORT, d.port))
+    return ListenConfig(
+        host=s.get("host", _HOST, d.host),
+        port=s.get("port", _PORT, d.port),
+        tls=_tls(r, r.section(s.key("tls"), s.raw("tls"), ("cert", "key", "require"))),
+        allow_cleartext_password_without_tls=s.get(
+            "allow_cleartext_password_without_tls", _boolean, d.allow_cleartext_password_without_tls
+        ),
+    )
+
+
+def _tls(r: _Reader, s: _Section | None) -> TlsConfig | None:
+    """listen.tls: null (no TLS) or a mapping with cert and key (files) and require."""
+    if s is None:
+        return None
+    s.require(("cert", "key"), _TLS_WHAT)
+    return TlsConfig(
+        cert=s.get("cert", r.file, ""),
+        key=s.get("key", r.file, ""),
+        require=s.get("require", _boolean, False),
+    )
+
+
+_REFUSED_SSLMODES = {"allow": '"allow" (plaintext first, TLS if refused) is not supported; use "prefer"'}
 
 
 def _upstream(r: _Reader, s: _Section | None) -> UpstreamConfig:
@@ -656,7 +720,11 @@ def _upstream(r: _Reader, s: _Section | None) -> UpstreamConfig:
         service_user=s.get("service_user", _optional(_string()), d.service_user),
         service_password=s.get("service_password", secret, d.service_password),
         connect_timeout_s=s.get("connect_timeout_s", _POSITIVE, d.connect_timeout_s),
+        sslmode=cast(SslMode, s.get("sslmode", _choice(SSL_MODES, _REFUSED_SSLMODES), str(d.sslmode))),
+        sslrootcert=s.get("sslrootcert", _optional(r.file), d.sslrootcert),
     )
+    if c.sslrootcert is not None and c.sslmode == "disable" and r.ok(s.key("sslmode")):
+        r.problem(s.key("sslrootcert"), 'has no effect with upstream.sslmode "disable"')
     if not (r.ok(s.key("service_user")) and r.ok(s.key("service_password"))):
         return c
     if c.service_user and not c.service_password:
@@ -702,6 +770,9 @@ def _jwt_fields(r: _Reader, s: _Section, d: JwtConfig) -> JwtConfig:
             "public_keys", r.file, d.public_keys, nonempty=False, what="a list of file paths"
         ),
         jwks_file=s.get("jwks_file", _optional(r.file), d.jwks_file),
+        jwks_url=s.get("jwks_url", _optional(_https_url), d.jwks_url),
+        jwks_ca_file=s.get("jwks_ca_file", _optional(r.file), d.jwks_ca_file),
+        jwks_refresh_s=s.get("jwks_refresh_s", _AT_LEAST_ONE, d.jwks_refresh_s),
         audience=_audience(r, s, d.audience),
         issuer=s.get("issuer", _optional(_string()), d.issuer),
         leeway_s=s.get("leeway_s", _NON_NEGATIVE, d.leeway_s),
@@ -740,11 +811,15 @@ def _jwt_keys(r: _Reader, c: JwtConfig) -> None:
         elif (got := len(c.secret.encode("utf-8"))) < need:
             r.problem("jwt.secret", f"{strongest} needs at least {need} bytes of secret, got {got}")
     asymmetric = [a for a in c.algorithms if a in ASYMMETRIC_ALGORITHMS]
-    has_key = bool(c.public_keys) or c.jwks_file is not None
-    if asymmetric and not has_key and r.ok("jwt.public_keys") and r.ok("jwt.jwks_file"):
+    has_key = bool(c.public_keys) or c.jwks_file is not None or c.jwks_url is not None
+    sources = ("jwt.public_keys", "jwt.jwks_file", "jwt.jwks_url")
+    if asymmetric and not has_key and all(r.ok(k) for k in sources):
         r.problem(
-            "jwt.public_keys", f"{asymmetric[0]} needs a public key: set jwt.public_keys or jwt.jwks_file"
+            "jwt.public_keys",
+            f"{asymmetric[0]} needs a public key: set jwt.public_keys, jwt.jwks_file or jwt.jwks_url",
         )
+    if c.jwks_ca_file is not None and c.jwks_url is None and r.ok("jwt.jwks_url"):
+        r.problem("jwt.jwks_ca_file", "set but jwt.jwks_url is not")
 
 
 def _roles(r: _Reader, s: _Section | None) -> RolesConfig:
@@ -869,6 +944,7 @@ def _limits(s: _Section | None) -> LimitsConfig:
         startup_timeout_s=s.get("startup_timeout_s", _POSITIVE, d.startup_timeout_s),
         max_message_bytes=s.get("max_message_bytes", _POSITIVE_INT, d.max_message_bytes),
         guard_cache_size=s.get("guard_cache_size", _POSITIVE_INT, d.guard_cache_size),
+        shutdown_timeout_s=s.get("shutdown_timeout_s", _NON_NEGATIVE, d.shutdown_timeout_s),
     )
 
 

@@ -46,8 +46,16 @@ class AuthError(ProxyError):
 
     sqlstate = sqlstate.INVALID_AUTHORIZATION_SPECIFICATION
 
-    def __init__(self, reason: str, message: str, *, code: str | None = None, fatal: bool = True) -> None:
-        super().__init__(message, code=code, fatal=fatal)
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        code: str | None = None,
+        fatal: bool = True,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, fatal=fatal, hint=hint)
         self.reason = reason
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -18,11 +21,12 @@ from rlsproxy.auth.identity import Authenticator, Identity
 from rlsproxy.auth.jwt import TokenVerifier
 from rlsproxy.auth.keys import KeyStore
 from rlsproxy.config import Config, ConfigError, load_config
-from rlsproxy.httpd import HttpServer
+from rlsproxy.httpd import HttpServer, is_loopback
 from rlsproxy.metrics import Metrics
 from rlsproxy.pool import Pool
 from rlsproxy.session.guard import Guard
 from rlsproxy.session.relay import Classifier
+from rlsproxy.tls import server_context
 from rlsproxy.wire import sqlstate
 from rlsproxy.wire.startup import CancelRequest, build_cancel_request
 
@@ -34,6 +38,8 @@ log = logging.getLogger("rlsproxy")
 # Sections a reload cannot change without dropping connections: they need a restart.
 _RESTART_SECTIONS = ("listen", "upstream", "pool", "http", "limits")
 READINESS_LOGIN_TIMEOUT_S = 1.0
+DRAIN_POLL_S = 0.05
+ADMIN_SHUTDOWN_MESSAGE = "terminating connection due to administrator command"
 
 
 def build_authenticator(config: Config, base_dir: Path | None) -> Authenticator:
@@ -59,6 +65,12 @@ class Proxy:
         self.config_path = config_path
         self.metrics = metrics or Metrics()
         self.authenticator = build_authenticator(config, base_dir)
+        # listen.tls: SSLRequest is answered 'S' and the client upgraded; the files are re-read on reload.
+        self.tls_context: ssl.SSLContext | None = None
+        if config.listen.tls is not None:
+            self.tls_context = server_context(config.listen.tls)
+        # Whether a peer address is on this machine (a token may then be asked for as a cleartext password).
+        self.peer_is_local: Callable[[str], bool] = is_loopback
         self.classifier = Classifier(Guard(config.limits.guard_cache_size), config.limits.guard_cache_size)
         self.audit = AuditLog(config.audit, on_failure=self.metrics.audit_write_failed)
         up = config.upstream
@@ -69,6 +81,10 @@ class Proxy:
         if up.service_user is not None:
             self.service_pool = self._pool("service", up.service_user, up.service_password)
         self.clients: dict[int, ClientConnection] = {}  # by the pid we handed out
+        self.handshakes: weakref.WeakSet[ClientConnection] = weakref.WeakSet()  # see in_handshake
+        self.draining = (
+            False  # SIGTERM: no new sessions, readiness fails, sessions end with their transaction
+        )
         self.http: HttpServer | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -120,13 +136,36 @@ class Proxy:
             if self.service_pool is not None:
                 self.service_pool.reap_idle()
 
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop accepting; end each session when it is between transactions; True if all ended in time.
+
+        /readyz fails from now on. Sessions idle between transactions are closed at once with 57P01;
+        those in a transaction when it ends (ClientConnection.server_data); handshakes already under
+        way are refused (57P03) or, once they are sessions, closed like the others. close() ends the rest.
+        """
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for client in list(self.clients.values()):
+                client.drain()
+            if not self.clients and not any(c.in_handshake for c in list(self.handshakes)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(DRAIN_POLL_S)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
         if self.http is not None:
             await self.http.close()
         for client in list(self.clients.values()):
-            client.abort(sqlstate.ADMIN_SHUTDOWN, "terminating connection due to administrator command")
+            client.abort(sqlstate.ADMIN_SHUTDOWN, ADMIN_SHUTDOWN_MESSAGE)
+        for client in list(self.handshakes):
+            if client.in_handshake:
+                client.abort(sqlstate.ADMIN_SHUTDOWN, ADMIN_SHUTDOWN_MESSAGE)
         for pool in (self.pool, self.service_pool):
             if pool is not None:
                 pool.close_all()
@@ -138,6 +177,8 @@ class Proxy:
     # health and reload ---------------------------------------------------------------------------
     async def ready(self) -> tuple[bool, str]:
         """Ready when the config is loaded and Postgres accepts the proxy's login within a second."""
+        if self.draining:
+            return False, "shutting down"
         try:
             conn = await asyncio.wait_for(self.pool.connect_unpooled(), READINESS_LOGIN_TIMEOUT_S)
         except TimeoutError:
@@ -154,6 +195,9 @@ class Proxy:
         try:
             config = load_config(self.config_path)
             authenticator = build_authenticator(config, self.base_dir)
+            # A renewed certificate is picked up here; the paths themselves need a restart (listen).
+            tls = self.config.listen.tls
+            tls_context = server_context(tls) if tls is not None else None
         except (ConfigError, OSError, ValueError) as exc:
             problems = "; ".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
             log.error("reload rejected, the running configuration stays in force: %s", problems)
@@ -174,6 +218,7 @@ class Proxy:
         # New connections see the new identity rules; established sessions keep theirs.
         self.config = config
         self.authenticator = authenticator
+        self.tls_context = tls_context
         self.metrics.config_reloaded(True)
         note = f" (restart needed for: {', '.join(kept)})" if kept else ""
         log.info("configuration reloaded%s", note)
@@ -185,6 +230,9 @@ class Proxy:
             self.audit.reopen()
         except AuditUnavailable as exc:
             log.error("%s; service (bypass) sessions are refused until it can be written", exc)
+
+    async def await_keys(self, token: str | None) -> None:
+        """Before a token is verified: the moment to fetch signing keys it needs (jwt.jwks_url)."""
 
     # cancel keys ---------------------------------------------------------------------------------
     def new_key(self, client: ClientConnection) -> tuple[int, bytes]:

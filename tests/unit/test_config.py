@@ -21,6 +21,7 @@ from rlsproxy.config import (
     LogConfig,
     PoolConfig,
     ServiceConfig,
+    TlsConfig,
     describe,
     load_config,
     parse_config,
@@ -437,14 +438,14 @@ def test_hs_secret_is_never_echoed_in_a_type_error() -> None:
 
 def test_asymmetric_needs_a_key_source() -> None:
     assert problems({"jwt": {"algorithms": ["RS256"]}}) == [
-        "jwt.public_keys: RS256 needs a public key: set jwt.public_keys or jwt.jwks_file"
+        "jwt.public_keys: RS256 needs a public key: set jwt.public_keys, jwt.jwks_file or jwt.jwks_url"
     ]
 
 
 def test_mixed_algorithms_need_both_sources() -> None:
     assert problems({"jwt": {"algorithms": ["ES256", "HS256"]}}) == [
         "jwt.secret: required because jwt.algorithms includes HS256",
-        "jwt.public_keys: ES256 needs a public key: set jwt.public_keys or jwt.jwks_file",
+        "jwt.public_keys: ES256 needs a public key: set jwt.public_keys, jwt.jwks_file or jwt.jwks_url",
     ]
 
 
@@ -778,3 +779,104 @@ def test_problems_never_contain_secret_values() -> None:
         "jwt.secret: HS256 needs at least 32 bytes of secret, got 18",
     ]
     assert not any(env["S"] in line for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS, JWKS URL, shutdown
+
+
+def test_listen_tls_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "server.crt").write_text("cert")
+    (tmp_path / "tls" / "server.key").write_text("key")
+    path = write(
+        tmp_path,
+        "listen:\n  tls: {cert: tls/server.crt, key: tls/server.key, require: true}\n"
+        "jwt: {secret: " + "s" * 32 + "}\n",
+    )
+    c = load_config(path, {})
+    assert c.listen.tls == TlsConfig(
+        cert=str(tmp_path / "tls" / "server.crt"), key=str(tmp_path / "tls" / "server.key"), require=True
+    )
+    assert c.listen.allow_cleartext_password_without_tls is False
+    assert "TLS required" in describe(c)
+
+
+def test_listen_tls_defaults() -> None:
+    c = parse_config(minimal(listen={"tls": None}), {})
+    assert c.listen.tls is None
+    assert "no TLS; token as password without TLS: loopback only" in describe(c)
+
+
+def test_listen_tls_problems(tmp_path: Path) -> None:
+    (tmp_path / "c.pem").write_text("cert")
+    assert problems(minimal(listen={"tls": {"cert": "c.pem", "require": "yes"}}), base_dir=tmp_path) == [
+        "listen.tls.key: required (its PEM private key file)",
+        'listen.tls.require: expected true or false, got "yes"',
+    ]
+    assert problems(
+        minimal(listen={"tls": {"cert": "c.pem", "key": "k.pem", "requir": True}}), base_dir=tmp_path
+    ) == [
+        'listen.tls.requir: unknown key (did you mean "require"?)',
+        f'listen.tls.key: file "k.pem" (looked for {tmp_path / "k.pem"}) does not exist',
+    ]
+    assert problems(minimal(listen={"tls": True})) == ["listen.tls: expected a mapping, got true"]
+    assert problems(minimal(listen={"allow_cleartext_password_without_tls": "no"})) == [
+        'listen.allow_cleartext_password_without_tls: expected true or false, got "no"'
+    ]
+
+
+def test_upstream_sslmode(tmp_path: Path) -> None:
+    assert parse_config(MINIMAL, {}).upstream.sslmode == "prefer"
+    (tmp_path / "ca.pem").write_text("ca")
+    c = parse_config(
+        minimal(upstream={"sslmode": "verify-full", "sslrootcert": "ca.pem"}), {}, base_dir=tmp_path
+    )
+    assert (c.upstream.sslmode, c.upstream.sslrootcert) == ("verify-full", str(tmp_path / "ca.pem"))
+    assert "sslmode verify-full" in describe(c)
+    assert problems(minimal(upstream={"sslmode": "allow"})) == [
+        'upstream.sslmode: "allow" (plaintext first, TLS if refused) is not supported; use "prefer"'
+    ]
+    assert problems(minimal(upstream={"sslmode": "verify_full"})) == [
+        'upstream.sslmode: expected one of "disable", "prefer", "require", "verify-ca", "verify-full", '
+        'got "verify_full" (did you mean "verify-full"?)'
+    ]
+    assert problems(minimal(upstream={"sslmode": "disable", "sslrootcert": "ca.pem"}), base_dir=tmp_path) == [
+        'upstream.sslrootcert: has no effect with upstream.sslmode "disable"'
+    ]
+
+
+def test_jwks_url(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("ca")
+    url = "https://issuer.example.com/.well-known/jwks.json"
+    c = parse_config(
+        {"jwt": {"algorithms": ["RS256"], "jwks_url": url, "jwks_ca_file": "ca.pem", "jwks_refresh_s": 60}},
+        {},
+        base_dir=tmp_path,
+    )
+    assert (c.jwt.jwks_url, c.jwt.jwks_ca_file, c.jwt.jwks_refresh_s) == (url, str(tmp_path / "ca.pem"), 60.0)
+    assert f"JWKS {url} (refreshed every 60s)" in describe(c)
+    assert parse_config(MINIMAL, {}).jwt.jwks_refresh_s == 300.0
+
+
+def test_jwks_url_problems(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("ca")
+    assert problems({"jwt": {"algorithms": ["ES256"], "jwks_url": "http://issuer/jwks.json"}}) == [
+        'jwt.jwks_url: expected an https:// URL, got "http://issuer/jwks.json" '
+        "(keys fetched over plain HTTP could be forged)",
+    ]
+    assert problems(minimal(jwt={"jwks_ca_file": "ca.pem", "jwks_refresh_s": 0.5}), base_dir=tmp_path) == [
+        "jwt.jwks_refresh_s: expected a number >= 1, got 0.5",
+        "jwt.jwks_ca_file: set but jwt.jwks_url is not",
+    ]
+    assert problems(minimal(jwt={"jwks_url": "https://"})) == [
+        'jwt.jwks_url: expected an https:// URL with a host, got "https://"'
+    ]
+
+
+def test_shutdown_timeout() -> None:
+    assert parse_config(MINIMAL, {}).limits.shutdown_timeout_s == 30.0
+    assert parse_config(minimal(limits={"shutdown_timeout_s": 0}), {}).limits.shutdown_timeout_s == 0.0
+    assert problems(minimal(limits={"shutdown_timeout_s": -1})) == [
+        "limits.shutdown_timeout_s: expected a number >= 0, got -1"
+    ]
