@@ -216,3 +216,72 @@ def test_asyncpg_pool_interleaved_users(proxy: RunningProxy) -> None:
     for user, uid, role, visible in seen[:-1]:
         assert (uid, role, visible) == (user, "authenticated", 3)
     assert seen[-1][1:] == ANON_VIEW
+
+
+def test_sqlalchemy_begin_event_sets_the_token(proxy: RunningProxy) -> None:
+    import contextvars
+
+    from sqlalchemy import create_engine, event, text
+
+    current_token: contextvars.ContextVar[str] = contextvars.ContextVar("current_token")
+    engine = create_engine(
+        f"postgresql+psycopg://app@127.0.0.1:{proxy.port}/app",
+        connect_args={"options": "-c rlsproxy.jwt="},
+        pool_size=2,
+        max_overflow=0,
+    )
+
+    @event.listens_for(engine, "begin")
+    def set_identity(conn: Any) -> None:
+        conn.exec_driver_sql("select set_config('rlsproxy.jwt', %s, true)", (current_token.get(),))
+
+    tokens = {ALICE: token_for(ALICE), BOB: token_for(BOB)}
+    try:
+        for user in itertools.islice(itertools.cycle((ALICE, BOB)), 100):
+            current_token.set(tokens[user])
+            with engine.begin() as conn:
+                assert tuple(conn.execute(text(WHO)).one()) == (user, "authenticated", 3)
+    finally:
+        engine.dispose()
+
+
+def test_node_postgres_pool_prisma_pattern(proxy: RunningProxy, tmp_path: Any) -> None:
+    """node-postgres' pg.Pool (what Prisma's driver adapters use), installed from npm for the test."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    npm, node = shutil.which("npm"), shutil.which("node")
+    assert npm and node, "node and npm are needed for this test (Debian: apt-get install nodejs npm)"
+    subprocess.run(
+        [npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(tmp_path), "pg@8"],
+        check=True,
+        timeout=300,
+        env=dict(os.environ, npm_config_cache=str(tmp_path / ".npm")),
+    )
+    script = Path(__file__).parent / "js" / "node_pg_pool.js"
+    tokens = {ALICE: token_for(ALICE), BOB: token_for(BOB)}
+    out = subprocess.run(
+        [node, str(script)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(
+            os.environ,
+            NODE_PATH=str(tmp_path / "node_modules"),
+            RLSPROXY_TEST=json.dumps({"port": proxy.port, "tokens": tokens, "rounds": 100}),
+        ),
+    )
+    report = json.loads(out.stdout)
+    assert len(report["results"]) == 200
+    for row in report["results"]:
+        assert row == {
+            "user": row["user"],
+            "echoed": True,
+            "uid": row["user"],
+            "role": "authenticated",
+            "n": 3,
+        }
+    assert report["after"] == {"uid": "anon", "n": 2}
