@@ -580,16 +580,16 @@ def test_identity_change_detection(language: str, source: str, changed: bool) ->
 
 
 def test_rlsproxy_doctor_subcommand(bad_dsn: str, good_dsn: str, tmp_path: Path) -> None:
-    """`rlsproxy doctor` (the main CLI's subcommand) as a process: JSON out, exit 1 on errors, 0 when clean."""
+    """`rlsproxy doctor`, the main CLI's subcommand, as a process: JSON, exit 1 on errors, 0 when clean."""
+    doctor = [sys.executable, "-m", "rlsproxy", "doctor"]
     bad = subprocess.run(
-        [sys.executable, "-m", "rlsproxy", "doctor", "--dsn", bad_dsn, "--config", _yaml(tmp_path, BAD_YAML),
-         "--format", "json"],
+        [*doctor, "--dsn", bad_dsn, "--config", _yaml(tmp_path, BAD_YAML), "--format", "json"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 1, bad.stderr
     assert json.loads(bad.stdout)["summary"]["error"] > 0
     good = subprocess.run(
-        [sys.executable, "-m", "rlsproxy", "doctor", "--dsn", good_dsn, "--config", _yaml(tmp_path, GOOD_YAML)],
+        [*doctor, "--dsn", good_dsn, "--config", _yaml(tmp_path, GOOD_YAML)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert good.returncode == 0, good.stderr
