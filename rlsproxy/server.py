@@ -288,7 +288,7 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolViolation("TLS handshake failed") from None
         if upgraded is None:  # the client went away during the handshake
             raise ConnectionError("client went away")
-        self.transport = cast(asyncio.Transport, upgraded)
+        self.transport = upgraded
         self.tls = True
 
     def _refuse_insecure(self, asks_password: bool) -> None:
