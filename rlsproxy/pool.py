@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -19,8 +20,10 @@ from rlsproxy.config import PoolConfig, UpstreamConfig
 from rlsproxy.errors import PoolTimeout, ProxyError, UpstreamUnavailable
 from rlsproxy.session.expected import CTX_UNPREPARED, Pending
 from rlsproxy.session.server import Chunks, ServerState, UpstreamLogin
+from rlsproxy.tls import upstream_context
 from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
+from rlsproxy.wire.startup import build_ssl_request
 
 log = logging.getLogger("rlsproxy.pool")
 
@@ -140,6 +143,24 @@ class ServerConnection(asyncio.Protocol):
         return entry.errors
 
 
+class _SslNegotiation(asyncio.Protocol):
+    """Sends SSLRequest on a fresh upstream connection and waits for the one-byte answer."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).write(build_ssl_request())
+
+    def data_received(self, data: bytes) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ConnectionResetError("upstream closed the connection after SSLRequest"))
+
+
 def settings_messages(settings: Iterable[tuple[str, str]]) -> bytes:
     """One exchange (ending with Sync) that sets each (name, value) at session level, or b"" for none."""
     body = b"".join(
@@ -174,6 +195,7 @@ class Pool:
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._on_connect_error = on_connect_error
+        self._ssl = upstream_context(upstream)  # None: sslmode disable
         self.closing = False
 
     # figures for metrics
@@ -234,27 +256,76 @@ class Pool:
         return await self._connect()
 
     async def _connect(self) -> ServerConnection:
-        loop = asyncio.get_running_loop()
         login = UpstreamLogin(self._user, self._password, self._upstream.database, dict(UPSTREAM_PARAMS))
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: ServerConnection(login), self._upstream.host, self._upstream.port
-                ),
-                self._upstream.connect_timeout_s,
-            )
+            conn = await asyncio.wait_for(self._open(login), self._upstream.connect_timeout_s)
             await asyncio.wait_for(conn.ready(), self._upstream.connect_timeout_s)
         except ProxyError:
             self._connect_failed()
             raise
+        except ssl.SSLError as exc:  # before OSError, which it is
+            self._connect_failed()
+            reason = exc.reason or str(exc)
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                reason = f"certificate verify failed: {exc.verify_message}"
+            raise UpstreamUnavailable(
+                f"rlsproxy: TLS with upstream PostgreSQL at {self._hostport} failed: {reason} "
+                f"(upstream.sslmode is {self._upstream.sslmode})",
+                code=sqlstate.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            ) from exc
         except (OSError, TimeoutError) as exc:
             self._connect_failed()
             raise UpstreamUnavailable(
-                f"rlsproxy: cannot connect to upstream PostgreSQL at "
-                f"{self._upstream.host}:{self._upstream.port}: {exc or 'timed out'}",
+                f"rlsproxy: cannot connect to upstream PostgreSQL at {self._hostport}: {exc or 'timed out'}",
                 code=sqlstate.CANNOT_CONNECT_NOW,
             ) from exc
         return conn
+
+    @property
+    def _hostport(self) -> str:
+        return f"{self._upstream.host}:{self._upstream.port}"
+
+    async def _open(self, login: UpstreamLogin) -> ServerConnection:
+        """A connected ServerConnection that has sent its startup message, over TLS as sslmode says.
+
+        Like libpq: SSLRequest first; 'S' starts TLS, 'N' carries on in plaintext for prefer and
+        fails for require and verify-*.
+        """
+        loop = asyncio.get_running_loop()
+        up = self._upstream
+        if self._ssl is None:
+            _, conn = await loop.create_connection(lambda: ServerConnection(login), up.host, up.port)
+            return conn
+        transport, negotiation = await loop.create_connection(_SslNegotiation, up.host, up.port)
+        try:
+            answer = await negotiation.answer
+            conn = ServerConnection(login)
+            if answer == b"S":
+                # server_hostname is sent as SNI; it is checked only for verify-full (check_hostname).
+                upgraded = await loop.start_tls(transport, conn, self._ssl, server_hostname=up.host)
+                if upgraded is None:
+                    raise ConnectionResetError("upstream closed the connection during the TLS handshake")
+                conn.connection_made(upgraded)
+                return conn
+            if answer == b"N" and up.sslmode == "prefer":
+                transport.set_protocol(conn)
+                conn.connection_made(transport)
+                return conn
+        except BaseException:
+            transport.close()
+            raise
+        transport.close()
+        if answer == b"N":
+            reason = "the server does not support SSL"
+        elif answer[:1] == b"S":
+            reason = "received unencrypted data after the SSL response"
+        else:
+            reason = f"unexpected answer to SSLRequest ({answer[:16]!r})"
+        raise UpstreamUnavailable(
+            f"rlsproxy: upstream PostgreSQL at {self._hostport}: {reason}, "
+            f"but upstream.sslmode is {up.sslmode}",
+            code=sqlstate.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+        )
 
     def _connect_failed(self) -> None:
         if self._on_connect_error is not None:

@@ -86,6 +86,10 @@ def build_startup_message(params: dict[str, str]) -> bytes:
     return struct.pack("!ii", len(body) + 8, codes.PROTOCOL_3_0) + body
 
 
+def build_ssl_request() -> bytes:
+    return struct.pack("!ii", 8, codes.SSL_REQUEST_CODE)
+
+
 def build_cancel_request(pid: int, secret: bytes) -> bytes:
     return struct.pack("!iii", 12 + len(secret), codes.CANCEL_REQUEST_CODE, pid) + secret
 
