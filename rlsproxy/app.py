@@ -17,7 +17,8 @@ def build_proxy(config: Config, base_dir: Path | None = None, config_path: str |
 
 
 async def run(config: Config, path: str, stop: asyncio.Event, hangup: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set; each `hangup` (SIGHUP) reopens the audit log and reloads the config."""
+    """Serve until `stop` is set, then drain (see shutdown); each `hangup` (SIGHUP) reopens the audit log
+    and reloads the config."""
     proxy = build_proxy(config, Path(path).parent, config_path=path)
     await proxy.start()
     log.info("rlsproxy listening on %s:%d", config.listen.host, proxy.port)
@@ -34,5 +35,27 @@ async def run(config: Config, path: str, stop: asyncio.Event, hangup: asyncio.Ev
             hangup.clear()
             proxy.reopen_audit()
             await proxy.reload()
-    log.info("rlsproxy stopping")
+    await shutdown(proxy, stop)
+
+
+async def shutdown(proxy: Proxy, stop: asyncio.Event) -> None:
+    """Drain for up to limits.shutdown_timeout_s, then close whoever is left with 57P01.
+
+    `stop` set again (a second SIGTERM or Ctrl-C) cuts the drain short.
+    """
+    timeout = proxy.config.limits.shutdown_timeout_s
+    log.info(
+        "rlsproxy stopping: no new connections; sessions end with their transaction (at most %gs)", timeout
+    )
+    stop.clear()
+    drain = asyncio.ensure_future(proxy.drain(timeout))
+    again = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([drain, again], return_when=asyncio.FIRST_COMPLETED)
+    again.cancel()
+    if not drain.done():
+        drain.cancel()
+        log.warning("stop signal repeated: closing %d sessions now", len(proxy.clients))
+    elif not drain.result():
+        log.warning("limits.shutdown_timeout_s reached: closing %d sessions now", len(proxy.clients))
     await proxy.close()
+    log.info("rlsproxy stopped")

@@ -107,6 +107,11 @@ def _serve(path: str) -> int:
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
     try:
         loop.run_until_complete(run(config, path, stop, hangup))
+    except ConfigError as exc:  # key or certificate files that exist but cannot be used
+        print(f"{path}: cannot start:", file=sys.stderr)
+        for line in exc.problems:
+            print(f"  {line}", file=sys.stderr)
+        return 1
     finally:
         loop.close()
     return 0
