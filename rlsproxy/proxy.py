@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 from rlsproxy.audit import AuditLog, AuditUnavailable
 from rlsproxy.auth.identity import Authenticator, Identity
 from rlsproxy.auth.jwt import TokenVerifier
-from rlsproxy.auth.keys import KeyStore
+from rlsproxy.auth.keys import KeyStore, RemoteKeys
 from rlsproxy.config import Config, ConfigError, load_config
 from rlsproxy.httpd import HttpServer, is_loopback
+from rlsproxy.jwks import JwksFetcher
 from rlsproxy.metrics import Metrics
 from rlsproxy.pool import Pool
 from rlsproxy.session.guard import Guard
@@ -42,9 +43,14 @@ DRAIN_POLL_S = 0.05
 ADMIN_SHUTDOWN_MESSAGE = "terminating connection due to administrator command"
 
 
-def build_authenticator(config: Config, base_dir: Path | None) -> Authenticator:
-    """Keys, verifier and role rules from a config; reads key files (PEM, JWKS) afresh."""
-    keys = KeyStore.from_config(config.jwt, base_dir=base_dir)
+def build_authenticator(
+    config: Config, base_dir: Path | None, remote: RemoteKeys | None = None
+) -> Authenticator:
+    """Keys, verifier and role rules from a config; reads key files (PEM, JWKS) afresh.
+
+    `remote` is the key set of jwt.jwks_url, kept current by a JwksFetcher.
+    """
+    keys = KeyStore.from_config(config.jwt, base_dir=base_dir, remote=remote)
     verifier = TokenVerifier(config.jwt, keys, cache_size=config.jwt.cache_size)
     return Authenticator(config.jwt, config.roles, config.services, verifier)
 
@@ -64,7 +70,8 @@ class Proxy:
         self.base_dir = base_dir
         self.config_path = config_path
         self.metrics = metrics or Metrics()
-        self.authenticator = build_authenticator(config, base_dir)
+        self.jwks = self._jwks_fetcher(config)
+        self.authenticator = build_authenticator(config, base_dir, self._remote_keys)
         # listen.tls: SSLRequest is answered 'S' and the client upgraded; the files are re-read on reload.
         self.tls_context: ssl.SSLContext | None = None
         if config.listen.tls is not None:
@@ -96,6 +103,23 @@ class Proxy:
         self.metrics.register_pool(pool)
         return pool
 
+    def _jwks_fetcher(self, config: Config) -> JwksFetcher | None:
+        j = config.jwt
+        if j.jwks_url is None:
+            return None
+        return JwksFetcher(
+            j.jwks_url,
+            RemoteKeys(j.jwks_url),
+            self.metrics,
+            refresh_s=j.jwks_refresh_s,
+            ca_file=j.jwks_ca_file,
+            on_removed=lambda: self.authenticator.clear_cache(),
+        )
+
+    @property
+    def _remote_keys(self) -> RemoteKeys | None:
+        return self.jwks.keys if self.jwks is not None else None
+
     def pool_for(self, identity: Identity) -> Pool:
         if identity.service is not None and self.service_pool is not None:
             return self.service_pool
@@ -116,6 +140,8 @@ class Proxy:
         if self.config.http.enabled:
             self.http = HttpServer(self.config.http, self.metrics, readiness=self.ready, reload=self.reload)
             await self.http.start()
+        if self.jwks is not None:
+            self.jwks.start()
         self.spawn(self._reaper())
 
     @property
@@ -172,6 +198,8 @@ class Proxy:
                 self.metrics.unregister_pool(pool)
         for task in list(self._tasks):
             task.cancel()
+        if self.jwks is not None:
+            self.jwks.close()
         self.audit.close()
 
     # health and reload ---------------------------------------------------------------------------
@@ -192,9 +220,16 @@ class Proxy:
         """Re-read the config file and key material; keep the old config if the new one is invalid."""
         if self.config_path is None:
             return False, "no config file to reload (the proxy was started from an in-memory config)"
+        # The fetched key set carries over unless where and how it is fetched changed.
+        jwks_keys = ("jwks_url", "jwks_ca_file", "jwks_refresh_s")
+        same_jwks = False
         try:
             config = load_config(self.config_path)
-            authenticator = build_authenticator(config, self.base_dir)
+            same_jwks = all(getattr(config.jwt, k) == getattr(self.config.jwt, k) for k in jwks_keys)
+            jwks = self.jwks if same_jwks else self._jwks_fetcher(config)
+            authenticator = build_authenticator(
+                config, self.base_dir, jwks.keys if jwks is not None else None
+            )
             # A renewed certificate is picked up here; the paths themselves need a restart (listen).
             tls = self.config.listen.tls
             tls_context = server_context(tls) if tls is not None else None
@@ -219,6 +254,12 @@ class Proxy:
         self.config = config
         self.authenticator = authenticator
         self.tls_context = tls_context
+        if not same_jwks:
+            if self.jwks is not None:
+                self.jwks.close()
+            self.jwks = jwks
+            if jwks is not None:
+                jwks.start()
         self.metrics.config_reloaded(True)
         note = f" (restart needed for: {', '.join(kept)})" if kept else ""
         log.info("configuration reloaded%s", note)
@@ -232,7 +273,11 @@ class Proxy:
             log.error("%s; service (bypass) sessions are refused until it can be written", exc)
 
     async def await_keys(self, token: str | None) -> None:
-        """Before a token is verified: the moment to fetch signing keys it needs (jwt.jwks_url)."""
+        """Before a token is verified: fetch jwt.jwks_url again if the token's kid is new (bounded wait)."""
+        if token and self.jwks is not None:
+            # Half the startup timeout at most, so the client hears why (unknown kid) rather than a timeout.
+            wait_s = self.config.limits.startup_timeout_s / 2
+            await self.jwks.await_for(self.authenticator.verifier.keys, token, wait_s)
 
     # cancel keys ---------------------------------------------------------------------------------
     def new_key(self, client: ClientConnection) -> tuple[int, bytes]:

@@ -105,6 +105,11 @@ class Authenticator:
     def verifier(self) -> TokenVerifier:
         return self._verifier
 
+    def clear_cache(self) -> None:
+        """Forget every verified token (a signing key was withdrawn): each is verified again on next use."""
+        self._cache.clear()
+        self._verifier.clear_cache()
+
     def authenticate(self, token: str | None, *, label: str | None = None) -> Identity:
         if token is None:
             if self._anonymous is None:

@@ -108,6 +108,10 @@ class TokenVerifier:
     def clear_cache(self) -> None:
         self._cache.clear()
 
+    @property
+    def keys(self) -> KeyStore:
+        return self._keys
+
     def _verify(self, token: str) -> tuple[dict[str, Any], float]:
         try:
             header = get_unverified_header(token)

@@ -1,9 +1,10 @@
-"""Key material for verifying tokens: an HS secret, PEM public keys or certificates, and a JWKS file."""
+"""Key material for verifying tokens: an HS secret, PEM public keys or certificates, a JWKS file, and
+the key set of a JWKS URL (fetched by the asyncio edge, rlsproxy.jwks; parsed and selected here)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from jwt import PyJWK
+from jwt import PyJWK, get_unverified_header
 from jwt.exceptions import PyJWTError
 
 from rlsproxy.config import ConfigError, JwtConfig
@@ -113,19 +114,58 @@ def _shown(kid: str) -> str:
     return kid if len(kid) <= _MAX_KID_IN_MESSAGE else kid[:_MAX_KID_IN_MESSAGE] + "..."
 
 
-class KeyStore:
-    """All configured verification keys, loaded once; a reload builds a new KeyStore."""
+class RemoteKeys:
+    """The key set of jwt.jwks_url: empty until the edge loads a fetched document, then the last good one.
 
-    def __init__(self, secret: str | bytes | None = None, keys: tuple[Key, ...] = ()) -> None:
+    `on_miss` is the edge's hook: called when a token names a kid that no key has (or needs keys
+    that are not loaded yet), so the set can be fetched again; it must not block.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.keys: tuple[Key, ...] = ()
+        self.by_kid: dict[str, Key] = {}
+        self.loaded = False
+        self.on_miss: Callable[[], object] | None = None
+
+    def load(self, text: str) -> bool:
+        """Replace the set with a fetched JWKS document; True when a key of the previous set is gone.
+
+        Raises ValueError (the previous set stays) when the document is not a usable JWKS.
+        """
+        keys = tuple(load_jwks(text, self.source))
+        removed = any(old not in keys for old in self.keys)
+        self.keys = keys
+        self.by_kid = {k.kid: k for k in keys if k.kid is not None}
+        self.loaded = True
+        return removed
+
+    def missed(self) -> None:
+        if self.on_miss is not None:
+            self.on_miss()
+
+
+class KeyStore:
+    """All configured verification keys, loaded once; a reload builds a new KeyStore.
+
+    The keys of a JWKS URL (`remote`) are shared with the fetcher, which replaces them in place.
+    """
+
+    def __init__(
+        self, secret: str | bytes | None = None, keys: tuple[Key, ...] = (), remote: RemoteKeys | None = None
+    ) -> None:
         self._secret: Key | None = None
         if secret:
             raw = secret.encode() if isinstance(secret, str) else secret
             self._secret = Key("HS", raw, source="jwt.secret")
         self._by_kid: dict[str, Key] = {k.kid: k for k in keys if k.kid is not None}
         self._keys: tuple[Key, ...] = tuple(keys)
+        self._remote = remote
 
     @classmethod
-    def from_config(cls, cfg: JwtConfig, base_dir: str | Path | None = None) -> KeyStore:
+    def from_config(
+        cls, cfg: JwtConfig, base_dir: str | Path | None = None, remote: RemoteKeys | None = None
+    ) -> KeyStore:
         """Load the files `cfg` names (relative to base_dir); every unreadable one is reported together."""
         base = Path(base_dir) if base_dir is not None else Path.cwd()
         problems: list[str] = []
@@ -144,10 +184,31 @@ class KeyStore:
                 problems.append(f"jwt.jwks_file: {path}: {exc}")
         if problems:
             raise ConfigError(problems)
-        return cls(cfg.secret, tuple(keys))
+        return cls(cfg.secret, tuple(keys), remote)
 
     def __len__(self) -> int:
-        return len(self._keys) + (self._secret is not None)
+        remote = len(self._remote.keys) if self._remote is not None else 0
+        return len(self._keys) + remote + (self._secret is not None)
+
+    def wants_refresh(self, token: str) -> bool:
+        """Whether a fresher jwt.jwks_url set could matter for this token: none loaded yet, or a new kid."""
+        remote = self._remote
+        if remote is None:
+            return False
+        if not remote.loaded:
+            return True
+        try:
+            kid = get_unverified_header(token).get("kid")
+        except PyJWTError:
+            return False  # not a JWT; the verifier says so
+        return isinstance(kid, str) and kid not in self._by_kid and kid not in remote.by_kid
+
+    def _not_loaded(self) -> AuthError:
+        return AuthError(
+            "jwks_not_loaded",
+            "JWKS not loaded yet: the keys at jwt.jwks_url have not been fetched; try again shortly",
+            code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
+        )
 
     def candidates(self, header: Mapping[str, Any]) -> tuple[Key, ...]:
         """Every key that may have signed a token with this header, most specific first.
@@ -165,25 +226,37 @@ class KeyStore:
                 code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
             )
         kid = header.get("kid")
-        if isinstance(kid, str) and kid in self._by_kid:
-            key = self._by_kid[kid]
-            if not key.fits(alg):
-                message = f'token algorithm {alg[:16]} does not match signing key "{_shown(kid)}"'
-                raise AuthError("algorithm", message, code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION)
-            return (key,)
+        remote = self._remote
+        if isinstance(kid, str):
+            key = self._by_kid.get(kid) or (remote.by_kid.get(kid) if remote is not None else None)
+            if key is not None:
+                if not key.fits(alg):
+                    message = f'token algorithm {alg[:16]} does not match signing key "{_shown(kid)}"'
+                    raise AuthError("algorithm", message, code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION)
+                return (key,)
         # HS* is only ever checked against shared secrets, never a public key: that is what stops
         # an attacker signing HS256 with the (public) RSA key as the HMAC secret.
-        found = [k for k in ([self._secret] if self._secret else []) + list(self._keys) if k.fits(alg)]
+        pool = ([self._secret] if self._secret else []) + list(self._keys)
+        if remote is not None:
+            pool += remote.keys
+        found = [k for k in pool if k.fits(alg)]
         if isinstance(kid, str):
             # A kid no key carries: fall back only to keys that have no kid of their own (the secret,
             # PEM files), so rotation mistakes surface as unknown_kid rather than as bad signatures.
             found = [k for k in found if k.kid is None]
+            if not found and remote is not None:
+                remote.missed()  # perhaps rotated in at the issuer since the last fetch
+                if not remote.loaded:
+                    raise self._not_loaded()
             if not found:
                 raise AuthError(
                     "unknown_kid",
                     f'signing key "{_shown(kid)}" is not known',
                     code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
                 )
+        if not found and remote is not None and not remote.loaded:
+            remote.missed()
+            raise self._not_loaded()
         if not found:
             raise AuthError(
                 "algorithm",

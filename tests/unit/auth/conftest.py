@@ -32,3 +32,8 @@ def ed_pair() -> Pair:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.fixture(scope="session")
+def ec_pair2() -> Pair:
+    return make_pair(ec.generate_private_key(ec.SECP256R1()), ECAlgorithm)
