@@ -563,7 +563,7 @@ def test_configmap_config_is_valid_with_the_secret_values() -> None:
     # Probes and Prometheus connect to the pod IP.
     assert (config.http.host, config.http.port) == ("0.0.0.0", HTTP_PORT)
     # The client port stays on loopback: only the app container in the same pod may connect, so
-    # tokens (cleartext until the proxy has TLS) never cross the pod network.
+    # tokens (the password, cleartext on loopback without listen.tls) never cross the pod network.
     assert ipaddress.ip_address(config.listen.host).is_loopback
     assert config.listen.port == CLIENT_PORT
     check_roles_exist(config)
