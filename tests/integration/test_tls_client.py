@@ -15,14 +15,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from rlsproxy.config import ListenConfig, TlsConfig
-from rlsproxy.devcluster import ALICE, BOB
+from rlsproxy.config import ListenConfig, TlsConfig, load_config
+from rlsproxy.devcluster import ALICE, AUTHENTICATOR_PASSWORD, BOB
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes
 from rlsproxy.wire.startup import build_startup_message
 from tests.integration.conftest import token_for
+from tests.integration.test_reload import free_port
 from tests.support.certs import Authority, Issued, make_ca, non_loopback_ipv4
-from tests.support.proxy import RunningProxy
+from tests.support.proxy import JWT_SECRET, RunningProxy
 from tests.support.rawpg import RawConnection
 
 LOCAL_IP = non_loopback_ipv4()
@@ -298,3 +299,50 @@ def test_cleartext_password_over_loopback_is_allowed(proxy: RunningProxy) -> Non
         f"postgresql://app:{token_for(ALICE)}@127.0.0.1:{proxy.port}/app?sslmode=disable"
     ) as conn:
         assert conn.execute("select auth.uid()::text").fetchone() == (ALICE,)
+
+
+def test_reload_reads_a_renewed_certificate(pg: Any, tmp_path: Path) -> None:
+    first, second = make_ca(tmp_path / "first"), make_ca(tmp_path / "second")
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+
+    def install(ca: Authority) -> None:
+        issued = ca.issue("proxy", ["localhost", "127.0.0.1"])
+        cert.write_bytes(issued.cert.read_bytes())
+        key.write_bytes(issued.key.read_bytes())
+
+    install(first)
+    path = tmp_path / "rlsproxy.yaml"
+    path.write_text(
+        f"""
+listen: {{host: 127.0.0.1, port: {free_port()}, tls: {{cert: server.crt, key: server.key}}}}
+http: {{enabled: false}}
+upstream: {{host: "{pg.host}", port: {pg.port}, database: app, user: authenticator,
+           password: "{AUTHENTICATOR_PASSWORD}"}}
+jwt: {{secret: "{JWT_SECRET}"}}
+"""
+    )
+    proxy = RunningProxy(load_config(path), config_path=str(path))
+    try:
+
+        def verified_by(ca: Authority) -> psycopg.Connection[Any]:
+            root = str(ca.cert)
+            return psycopg.connect(
+                conninfo(proxy.port, token=token_for(ALICE), sslmode="verify-full", sslrootcert=root)
+            )
+
+        with verified_by(first) as conn:
+            assert conn.execute("select auth.uid()::text").fetchone() == (ALICE,)
+        install(second)  # renewed in place, e.g. by cert-manager
+        assert proxy.call(proxy.proxy.reload()) == (True, "reloaded")
+        with verified_by(second) as conn:
+            assert conn.execute("select auth.uid()::text").fetchone() == (ALICE,)
+        with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+            verified_by(first)
+        # a key that does not match the certificate is refused, and the running one stays
+        key.write_bytes(first.issue("other", ["localhost"]).key.read_bytes())
+        ok, message = proxy.call(proxy.proxy.reload())
+        assert not ok and "listen.tls: cannot use certificate" in message
+        with verified_by(second) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        proxy.stop()
