@@ -424,6 +424,8 @@ class ClientConnection(asyncio.Protocol):
             proxy.spawn(pool.release(server, reusable=True))
             raise ConnectionError("client went away")
         errors = await server.apply_settings(client.settings)
+        if self._closed:  # the client left meanwhile; _finish already gave the connection back
+            raise ConnectionError("client went away")
         if errors:
             first = errors[0]
             raise ProxyError(first.get("M", "invalid setting"), code=first.get("C"), fatal=True)
