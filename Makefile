@@ -16,7 +16,7 @@ venv: $(STAMP)
 
 # The whole suite: unit tests, lint, types, import contracts and integration tests on a real Postgres.
 test: $(STAMP)
-	$(BIN)/ruff check rlsproxy tests
+	$(BIN)/ruff check rlsproxy tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest
@@ -25,7 +25,7 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check rlsproxy tests
+	$(BIN)/ruff check rlsproxy tests bench
 	$(BIN)/ruff format --check rlsproxy tests
 	$(BIN)/mypy
 

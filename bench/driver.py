@@ -1,0 +1,78 @@
+"""Running the variants round by round, targets interleaved, charging CPU to the middle process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from bench import cluster
+from bench.micro import run_micro
+from bench.pgbench import run_pgbench
+from bench.procstat import cpu_seconds
+from bench.result import Measurement
+from bench.scenarios import Variant
+from bench.stack import Say, Stack
+from bench.stats import per_thousand
+
+
+class ProxyDied(RuntimeError):
+    pass
+
+
+def warm_up(stack: Stack, duration_s: float, say: Say) -> None:
+    """A short unrecorded select-only run per target: fills pools, caches and the OS page cache."""
+    for target in stack.targets:
+        result = run_pgbench(
+            cluster.pgbench_path(stack.pg), stack.endpoint(target), ["-S", "-c", "8", "-j", "2"], duration_s
+        )
+        problems = f"  ERRORS: {'; '.join(result.errors)}" if result.errors else ""
+        say(f"  warm-up {target}: {result.value or 0:.0f} tps{problems}")
+
+
+def run_rounds(
+    stack: Stack, variants: list[Variant], rounds: int, duration_s: float, say: Say
+) -> Iterator[Measurement]:
+    """Round by round; within a round every variant, and within a variant every target in turn
+    (A B C A B C ...), so a pair compared within a round ran close together in time."""
+    for round_no in range(rounds):
+        say(f"round {round_no + 1}/{rounds}")
+        for variant in variants:
+            for target in variant.targets:
+                m = measure(stack, variant, target, round_no, duration_s)
+                shown = "-" if m.value is None else f"{m.value:.1f}"
+                flag = f"  ERRORS: {'; '.join(m.errors)[:300]}" if m.errors else ""
+                say(f"  {variant.scenario} {variant.name} {target}: {shown} {variant.unit}{flag}")
+                yield m
+                if not stack.proxy.alive():
+                    raise ProxyDied(f"rlsproxy exited with {stack.proxy.proc.returncode}")
+
+
+def measure(stack: Stack, variant: Variant, target: str, round_no: int, duration_s: float) -> Measurement:
+    pid = stack.endpoint(target).middle_pid
+    cpu_before = cpu_seconds(pid) if pid else None
+    started = time.monotonic()
+    result = variant.run(stack, target, duration_s)
+    wall = time.monotonic() - started
+    cpu = cpu_seconds(pid) - cpu_before if pid and cpu_before is not None else None
+    return Measurement(
+        scenario=variant.scenario,
+        variant=variant.name,
+        target=target,
+        round=round_no,
+        unit=variant.unit,
+        value=result.value,
+        work=result.work,
+        cpu_s=cpu,
+        cpu_s_per_1k=per_thousand(cpu, result.work) if cpu is not None else None,
+        wall_s=round(wall, 2),
+        errors=result.errors,
+        extra=result.extra,
+    )
+
+
+def run_micro_measurements(repeats: int, say: Say) -> Iterator[Measurement]:
+    say(f"micro-benchmarks ({repeats} repeats each)")
+    for variant, target, per_op in run_micro(repeats):
+        say(f"  {variant} {target}: {sorted(per_op)[len(per_op) // 2]:.2f} µs/op")
+        for i, value in enumerate(per_op):
+            yield Measurement("micro", variant, target, i, "µs/op", value, None, None, None, 0.0, [], {})

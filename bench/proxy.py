@@ -1,0 +1,90 @@
+"""rlsproxy as the benchmark runs it: a separate process (`python -m rlsproxy serve`) with its own config.
+
+A separate process rather than a thread in the benchmark, so its CPU time and memory can be read
+from /proc on their own and the benchmark's Python does not share its interpreter lock.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from bench.ports import free_port, wait_for_port
+from rlsproxy.devcluster import AUTHENTICATOR_PASSWORD, DevCluster
+
+# HS256 needs at least 32 bytes of secret; this one only ever signs tokens for the throwaway cluster.
+JWT_SECRET = "rlsproxy-bench-secret-0123456789abcdef"
+POOL_MAX_SIZE = 40  # above the largest pgbench client count (32), so clients never queue for the pool
+ACQUIRE_TIMEOUT_MS = 5000  # the shipped default: what a client beyond the pool waits before 53300
+_BAD_LEVEL = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b")
+_ROUTINE_LEVEL = re.compile(r"\b(INFO|DEBUG)\b")
+
+
+class ProxyProcess:
+    """A running rlsproxy; stop() ends it."""
+
+    def __init__(self, pg: DevCluster, workdir: Path) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port(self.host)
+        self.config_path = workdir / "rlsproxy.yaml"
+        self.log_path = workdir / "rlsproxy.log"
+        self.config_path.write_text(yaml.safe_dump(self._config(pg), sort_keys=False))
+        self.config_path.chmod(0o600)  # it holds the upstream password and the JWT secret
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rlsproxy", "serve", "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_port(self.host, self.port, self.proc, self.log_path, timeout_s=30)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _config(self, pg: DevCluster) -> dict[str, object]:
+        return {
+            "listen": {"host": self.host, "port": self.port},
+            "upstream": {
+                "host": pg.host,
+                "port": pg.port,
+                "database": "app",
+                "user": "authenticator",
+                "password": AUTHENTICATOR_PASSWORD,
+            },
+            "pool": {"mode": "session", "max_size": POOL_MAX_SIZE, "acquire_timeout_ms": ACQUIRE_TIMEOUT_MS},
+            "jwt": {"algorithms": ["HS256"], "secret": JWT_SECRET},
+            "http": {"enabled": False},
+            # The shipped default level: every connection logs a line, as it would in production.
+            "log": {"format": "text", "level": "INFO"},
+        }
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def problems(self, limit: int = 20) -> list[str]:
+        """Lines of its log that are not routine INFO/DEBUG records: warnings, errors, tracebacks."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        # By level word rather than by layout: the text log format is the proxy's to change.
+        return [line for line in lines if _BAD_LEVEL.search(line) or not _ROUTINE_LEVEL.search(line)][:limit]

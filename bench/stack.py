@@ -1,0 +1,138 @@
+"""Everything under test, started in order and stopped in reverse, and the endpoints clients use.
+
+A target is one way of reaching the same database:
+  direct       PostgreSQL itself
+  pgb-session  PgBouncer, session pooling
+  pgb-tx       PgBouncer, transaction pooling
+  rlsproxy     rlsproxy (session pooling; every transaction runs as the token's identity)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bench.cluster import clean_env, start_cluster
+from bench.pgbouncer import INSTALL_HINT, POOL_SIZE, PgBouncerProcess, find_pgbouncer
+from bench.proxy import JWT_SECRET, POOL_MAX_SIZE, ProxyProcess
+from rlsproxy.auth.mint import mint_token
+from rlsproxy.devcluster import ALICE, AUTHENTICATOR_PASSWORD, DevCluster
+
+DIRECT, PGB_SESSION, PGB_TX, RLSPROXY = "direct", "pgb-session", "pgb-tx", "rlsproxy"
+Say = Callable[[str], None]  # progress output
+
+ALL_TARGETS = (DIRECT, PGB_SESSION, PGB_TX, RLSPROXY)
+PGBOUNCER_TARGETS = (PGB_SESSION, PGB_TX)
+TOKEN_TTL_S = 24 * 3600  # outlives any run, so no token expires mid-benchmark
+
+# "plain": pgbench's own tables, superuser login where there is one (RLS not involved).
+# "rls": the authenticator login, for scripts that switch role and claims themselves.
+Login = Literal["plain", "rls"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and as whom a client connects; `middle_pid` is the pooler/proxy whose CPU we charge."""
+
+    target: str
+    host: str
+    port: int
+    dbname: str
+    user: str
+    env: dict[str, str] = field(default_factory=dict)
+    middle_pid: int | None = None
+
+    def libpq_args(self) -> list[str]:
+        return ["-h", self.host, "-p", str(self.port), "-U", self.user, self.dbname]
+
+
+def alice_token() -> str:
+    return mint_token(JWT_SECRET, sub=ALICE, role="authenticated", ttl_s=TOKEN_TTL_S)
+
+
+class Stack:
+    """The cluster, rlsproxy and (when installed) PgBouncer."""
+
+    def __init__(
+        self, pg: DevCluster, proxy: ProxyProcess, pgbouncer: PgBouncerProcess | None, workdir: Path
+    ) -> None:
+        self.pg = pg
+        self.workdir = workdir  # scratch space for scripts, removed with the stack
+        self.proxy = proxy
+        self.pgbouncer = pgbouncer
+        self.token = alice_token()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return ALL_TARGETS if self.pgbouncer is not None else (DIRECT, RLSPROXY)
+
+    def available(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(t for t in wanted if t in self.targets)
+
+    def endpoint(self, target: str, login: Login = "plain") -> Endpoint:
+        env = clean_env()
+        if target == DIRECT:
+            if login == "rls":
+                env["PGPASSWORD"] = AUTHENTICATOR_PASSWORD
+                return Endpoint(target, self.pg.host, self.pg.port, "app", "authenticator", env)
+            return Endpoint(target, self.pg.host, self.pg.port, "app", "postgres", env)
+        if target == RLSPROXY:
+            # The user name is ignored by the proxy: the token decides who the client is.
+            env["PGOPTIONS"] = f"-c rlsproxy.jwt={self.token}"
+            return Endpoint(target, self.proxy.host, self.proxy.port, "app", "bench", env, self.proxy.pid)
+        bouncer = self.pgbouncer
+        if bouncer is None or target not in PGBOUNCER_TARGETS:
+            raise ValueError(f"no target {target!r} (PgBouncer running: {bouncer is not None})")
+        prefix = "auth" if login == "rls" else "app"
+        suffix = "session" if target == PGB_SESSION else "tx"
+        return Endpoint(target, bouncer.host, bouncer.port, f"{prefix}_{suffix}", "bench", env, bouncer.pid)
+
+
+def needed_connections() -> int:
+    """Server connections all pools and direct clients could hold at once, plus margin for psql."""
+    pgbouncer_pools = POOL_SIZE * 4  # four database aliases, each its own pool
+    return POOL_MAX_SIZE + pgbouncer_pools + 32 + 20
+
+
+@contextlib.contextmanager
+def running_stack(say: Say) -> Iterator[Stack]:
+    with tempfile.TemporaryDirectory(prefix="rlsproxy-bench-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o711)  # PgBouncer runs as the cluster's system user and must reach its subdir
+        say("starting PostgreSQL, loading pgbench -s 10 and the notes demo ...")
+        pg = start_cluster(needed_connections())
+        try:
+            say(f"PostgreSQL on {pg.host}:{pg.port}")
+            proxy = ProxyProcess(pg, _subdir(workdir, "rlsproxy"))
+            try:
+                say(f"rlsproxy pid {proxy.pid} on {proxy.host}:{proxy.port}")
+                bouncer = _start_pgbouncer(pg, _subdir(workdir, "pgbouncer"), say)
+                try:
+                    yield Stack(pg, proxy, bouncer, _subdir(workdir, "scratch"))
+                finally:
+                    if bouncer is not None:
+                        bouncer.stop()
+            finally:
+                proxy.stop()
+        finally:
+            pg.destroy()
+
+
+def _start_pgbouncer(pg: DevCluster, workdir: Path, say: Say) -> PgBouncerProcess | None:
+    binary = find_pgbouncer()
+    if binary is None:
+        say(f"{INSTALL_HINT} (skipping the pgb-session and pgb-tx targets)")
+        return None
+    bouncer = PgBouncerProcess(binary, pg, workdir)
+    say(f"PgBouncer pid {bouncer.pid} on {bouncer.host}:{bouncer.port}")
+    return bouncer
+
+
+def _subdir(parent: Path, name: str) -> Path:
+    path = parent / name
+    path.mkdir()
+    return path
