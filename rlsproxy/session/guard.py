@@ -21,6 +21,7 @@ from typing import Any, Final, Literal
 from pglast import ast, enums
 from pglast.parser import ParseError
 
+from rlsproxy.session.guard_fast import plainly_allowed
 from rlsproxy.session.guard_plpgsql import DynamicExecute, Unanalysable, embedded_sql
 from rlsproxy.session.guard_support import needs_no_transaction, parse
 from rlsproxy.session.in_band import InBand, recognise
@@ -107,8 +108,14 @@ class Guard:
         return verdict
 
 
-def classify(sql: str) -> Verdict:
-    """The verdict for one Query message text (uncached)."""
+def classify(sql: str, *, fast: bool = True) -> Verdict:
+    """The verdict for one Query message text (uncached).
+
+    With `fast`, plain DML is allowed from its tokens alone (guard_fast); a syntax error in such a
+    text then comes from Postgres itself, with the same SQLSTATE, message and position.
+    """
+    if fast and plainly_allowed(sql):
+        return ALLOW
     try:
         raws = parse(sql)
     except ParseError as exc:

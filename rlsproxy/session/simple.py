@@ -64,10 +64,15 @@ def _is_copy_in(sql: str) -> bool:
 def translate(raw: bytes) -> Translation:
     """Build the extended messages for the SQL of a simple Query (the guard has parsed it already)."""
     sql, codec = decode_sql(raw)
-    try:
-        slices = pglast.split(sql, only_slices=True)
-    except pglast.parser.ParseError:
-        slices = ()
+    semicolons = raw.count(b";")
+    slices: tuple[slice, ...]
+    if semicolons == 0 or (semicolons == 1 and raw.rstrip().endswith(b";")):
+        slices = ()  # surely one statement (or a malformed one): no need to split
+    else:
+        try:
+            slices = pglast.split(sql, only_slices=True)
+        except pglast.parser.ParseError:
+            slices = ()
     if len(slices) <= 1:
         # The whole text as it came: error positions stay exact, an empty text gives EmptyQuery.
         copy_in = b"copy" in raw.lower() and _is_copy_in(sql)

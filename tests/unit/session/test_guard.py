@@ -487,7 +487,7 @@ def test_deallocate_all_alone(sql: str) -> None:
     ],
 )
 def test_syntax_error_position(sql: str, message: str, position: int) -> None:
-    assert classify(sql) == Verdict("refuse", "syntax", "42601", message, None, position)
+    assert classify(sql, fast=False) == Verdict("refuse", "syntax", "42601", message, None, position)
 
 
 def test_refuses_text_with_nul() -> None:
@@ -501,7 +501,7 @@ def test_refuses_unencodable_text() -> None:
 
 def test_refuses_too_deep_instead_of_crashing() -> None:
     # pglast's conversion to Python objects would overflow the C stack on this tree.
-    verdict = classify("select 1" + " is null" * 30_000)
+    verdict = classify("select 1" + " is null" * 30_000, fast=False)
     assert (verdict.action, verdict.rule, verdict.sqlstate) == ("refuse", "too_complex", "54001")
     assert classify("select " + "1+" * 1_000 + "1") == ALLOW
     assert classify("insert into t values " + ",".join(f"({i}, 'x')" for i in range(3_000))) == ALLOW
@@ -604,3 +604,53 @@ def test_in_band_shapes(sql: str, form: str, local: bool, literal: str | None, p
     assert verdict.in_band is not None
     assert (verdict.in_band.form, verdict.in_band.local) == (form, local)
     assert (verdict.in_band.literal, verdict.in_band.param) == (literal, param)
+
+
+FAST_ALLOWED = [
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 48521;",
+    "UPDATE pgbench_accounts SET abalance = abalance + -4049 WHERE aid = 590213;",
+    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP);",
+    "insert into notes (title) values ('x') on conflict (id) do update set title = excluded.title",
+    "with x as (delete from notes returning *) select count(*) from x",
+    "BEGIN;",
+    "END;",
+    "commit",
+    "rollback to savepoint a",
+    "select 'set_config(''role'', ''x'', true)'",  # a string, not a call
+]
+
+
+@pytest.mark.parametrize("sql", FAST_ALLOWED)
+def test_fast_path_allows_plain_dml(sql: str) -> None:
+    from rlsproxy.session.guard_fast import plainly_allowed
+
+    assert plainly_allowed(sql)
+    assert classify(sql, fast=False) == ALLOW  # and the full parse agrees
+
+
+@pytest.mark.parametrize("sql", [sql for sql, _, _ in REFUSED])
+def test_fast_path_never_allows_what_the_guard_refuses(sql: str) -> None:
+    from rlsproxy.session.guard_fast import plainly_allowed
+
+    assert not plainly_allowed(sql)
+    assert classify(sql) == classify(sql, fast=False)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select set_config('role', 'x', true)",
+        "select \"SET_CONFIG\"('role', 'x', true)",
+        "select pg_catalog.set_config('role', 'x', true)",
+        "select query_to_xml('set role x', true, true, '')",
+        "select U&\"set\\005fconfig\"('role', 'x', true)",
+        "select 1; select 2",
+        "COMMIT PREPARED 'x'",
+        "RESET ALL",
+        "DISCARD ALL",
+    ],
+)
+def test_fast_path_defers_to_the_full_parse(sql: str) -> None:
+    from rlsproxy.session.guard_fast import plainly_allowed
+
+    assert not plainly_allowed(sql)
