@@ -39,6 +39,8 @@ log = logging.getLogger("rlsproxy")
 # Sections a reload cannot change without dropping connections: they need a restart.
 _RESTART_SECTIONS = ("listen", "upstream", "pool", "http", "limits")
 READINESS_LOGIN_TIMEOUT_S = 1.0
+# Distinct startup-settings combinations whose greeting is remembered (apps send the same few).
+MAX_GREETINGS = 256
 DRAIN_POLL_S = 0.05
 ADMIN_SHUTDOWN_MESSAGE = "terminating connection due to administrator command"
 
@@ -88,6 +90,9 @@ class Proxy:
         if up.service_user is not None:
             self.service_pool = self._pool("service", up.service_user, up.service_password)
         self.clients: dict[int, ClientConnection] = {}  # by the pid we handed out
+        # (pool name, client startup settings) -> the ParameterStatus values a server reported for
+        # them: lets a client be greeted before it gets a server connection (see server.py _begin).
+        self.greeting_params: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
         self.handshakes: weakref.WeakSet[ClientConnection] = weakref.WeakSet()  # see in_handshake
         self.draining = (
             False  # SIGTERM: no new sessions, readiness fails, sessions end with their transaction
@@ -119,6 +124,11 @@ class Proxy:
     @property
     def _remote_keys(self) -> RemoteKeys | None:
         return self.jwks.keys if self.jwks is not None else None
+
+    def remember_greeting(self, key: tuple[str, tuple[tuple[str, str], ...]], params: dict[str, str]) -> None:
+        if key not in self.greeting_params and len(self.greeting_params) >= MAX_GREETINGS:
+            del self.greeting_params[next(iter(self.greeting_params))]
+        self.greeting_params[key] = dict(params)
 
     def pool_for(self, identity: Identity) -> Pool:
         if identity.service is not None and self.service_pool is not None:

@@ -63,7 +63,10 @@ class ClientConnection(asyncio.Protocol):
         self._statements = 0  # relay.statements already reported
         self._transactions = 0  # relay.transactions already reported
         self._tx_started = 0.0  # when the oldest unfinished transaction began (0: none)
-        self._inbox = b""  # bytes received during the handshake
+        self._inbox = b""  # bytes received during the handshake, or before a server is attached
+        self._settings: tuple[tuple[str, str], ...] = ()  # the client's startup settings
+        self._greeted: dict[str, str] = {}  # the ParameterStatus values the client was greeted with
+        self._attaching = False
         self._wakeup: asyncio.Future[None] | None = None
         self._closed = False
         self._peer = ""
@@ -83,6 +86,12 @@ class ClientConnection(asyncio.Protocol):
             self._inbox += data
             if self._wakeup is not None and not self._wakeup.done():
                 self._wakeup.set_result(None)
+            return
+        if self.server is None:  # not attached yet (see _begin): keep it until a server is
+            self._inbox += data
+            if not self._attaching:
+                self._attaching = True
+                self.proxy.spawn(self._attach_later())
             return
         to_server: Chunks = []
         to_client: Chunks = []
@@ -323,7 +332,7 @@ class ClientConnection(asyncio.Protocol):
         if self.draining or self._closed or self.relay is None:
             return  # a handshake still running is looked at again when it is done
         state = self.relay.server
-        if state is not None and state.idle:
+        if state is None or state.idle:  # not attached yet, or between transactions
             self.abort(sqlstate.ADMIN_SHUTDOWN, "terminating connection due to administrator command")
         else:
             self.draining = True
@@ -414,28 +423,22 @@ class ClientConnection(asyncio.Protocol):
         proxy = self.proxy
         identity = self._authenticate(token, client.label)
         self.identity = identity
-        pool = proxy.pool_for(identity)
-        waited = time.perf_counter()
-        server = await pool.acquire()
-        self.metrics.pool_acquired(pool.name, time.perf_counter() - waited)
-        self.server = server
-        if self._closed:  # the client left while we waited for the pool
-            self.server = None
-            proxy.spawn(pool.release(server, reusable=True))
-            raise ConnectionError("client went away")
-        errors = await server.apply_settings(client.settings)
-        if self._closed:  # the client left meanwhile; _finish already gave the connection back
-            raise ConnectionError("client went away")
-        if errors:
-            first = errors[0]
-            raise ProxyError(first.get("M", "invalid setting"), code=first.get("C"), fatal=True)
-        state = server.state
-        assert state is not None and self.transport is not None
+        self._settings = client.settings
+        # The server connection is attached when the client first sends something, so idle clients
+        # hold none (as PgBouncer does). The greeting's ParameterStatus values are those a server
+        # reported for the same startup settings; the first client with new settings attaches now.
+        params = proxy.greeting_params.get((proxy.pool_for(identity).name, client.settings))
+        if params is None:
+            await self._attach_server()
+            assert self.server is not None and self.server.state is not None
+            params = dict(self.server.state.params)
+        assert self.transport is not None
+        self._greeted = params
         self.key_pid, self.key_secret = proxy.new_key(self)
         if identity.service is not None:
             self._start_trail(identity)
         greeting = [be.AUTHENTICATION_OK]
-        greeting += [be.parameter_status(k, v) for k, v in state.params.items()]
+        greeting += [be.parameter_status(k, v) for k, v in params.items()]
         greeting += [be.backend_key_data(self.key_pid, self.key_secret), be.ready_for_query(codes.TX_IDLE)]
         relay = Relay(
             context.context_prefix(identity.role, identity.claims_json),
@@ -447,9 +450,10 @@ class ClientConnection(asyncio.Protocol):
             # Service sessions keep the identity they were audited under: no in-band switching.
             in_band=self._in_band_check if proxy.config.jwt.in_band and self.trail is None else None,
         )
-        relay.attach(state)
-        server.listener = self
         self.relay = relay
+        if self.server is not None and self.server.state is not None:
+            relay.attach(self.server.state)
+            self.server.listener = self
         self._write(greeting)
         log.info(
             "client connected",
@@ -459,6 +463,59 @@ class ClientConnection(asyncio.Protocol):
             pending, self._inbox = self._inbox, b""
             self.bytes_in -= len(pending)  # counted when it arrived
             self.data_received(pending)
+
+    async def _attach_server(self) -> None:
+        """Acquire a server connection for this session and give it the client's startup settings."""
+        assert self.identity is not None
+        proxy = self.proxy
+        pool = proxy.pool_for(self.identity)
+        waited = time.perf_counter()
+        server = await pool.acquire()
+        self.metrics.pool_acquired(pool.name, time.perf_counter() - waited)
+        if self._closed:  # the client left while we waited for the pool
+            proxy.spawn(pool.release(server, reusable=True))
+            raise ConnectionError("client went away")
+        self.server = server
+        errors = await server.apply_settings(self._settings)
+        if self._closed:  # the client left meanwhile; _finish already gave the connection back
+            raise ConnectionError("client went away")
+        if errors:
+            first = errors[0]
+            raise ProxyError(first.get("M", "invalid setting"), code=first.get("C"), fatal=True)
+        assert server.state is not None
+        proxy.remember_greeting((pool.name, self._settings), server.state.params)
+
+    async def _attach_later(self) -> None:
+        """The client's first message after an idle greeting: attach a server, then relay what came."""
+        transport = self.transport
+        assert transport is not None and self.relay is not None
+        transport.pause_reading()  # nothing more to buffer until the session can relay it
+        try:
+            await self._attach_server()
+        except ProxyError as exc:
+            self.abort(exc.sqlstate, exc.message, hint=exc.hint)
+            return
+        except ConnectionError:
+            return
+        except Exception:
+            log.exception("bug while attaching a server connection")
+            self.abort(sqlstate.INTERNAL_ERROR, "rlsproxy internal error")
+            return
+        server, relay = self.server, self.relay
+        if self._closed or server is None or server.state is None or relay is None:
+            return
+        # Values the greeting could not know (a server restarted with another version, say).
+        changed = [
+            be.parameter_status(k, v) for k, v in server.state.params.items() if self._greeted.get(k) != v
+        ]
+        if changed:
+            self._write(changed)
+        relay.attach(server.state)
+        server.listener = self
+        transport.resume_reading()
+        pending, self._inbox = self._inbox, b""
+        self.bytes_in -= len(pending)  # counted when it arrived
+        self.data_received(pending)
 
     def _in_band_check(self, token: str) -> tuple[str, str]:
         """The relay's in-band switch: verify `token` ("" = back to the startup identity).

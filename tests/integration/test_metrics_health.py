@@ -123,10 +123,15 @@ def test_upstream_connect_errors_and_pool_timeout(make_proxy: Any, pg: Any) -> N
     assert scrape("rlsproxy_upstream_connect_errors_total", pool="users") == 1
     assert scrape("rlsproxy_client_connections_total", outcome="error") == 1
     busy = make_proxy(pool=PoolConfig(max_size=1, acquire_timeout_ms=200))
-    with psycopg.connect(busy.dsn(token=token_for(ALICE))):
+    with psycopg.connect(busy.dsn(token=token_for(ALICE))) as alice:
+        alice.execute("select 1")
+        bob = psycopg.connect(busy.dsn(token=token_for(BOB)))  # greeted; the server comes with the query
         with pytest.raises(psycopg.OperationalError, match="no upstream connection available"):
-            psycopg.connect(busy.dsn(token=token_for(BOB)))
-        assert Scrape(busy)("rlsproxy_client_connections_total", outcome="error") == 1
+            bob.execute("select 1")
+        bob.close()
+        scrape = Scrape(busy)
+        assert scrape("rlsproxy_client_connections_total", outcome="ok") == 2
+        assert scrape("rlsproxy_pool_acquire_seconds_count", pool="users") == 1  # only the one that got it
 
 
 def test_health_and_readiness_follow_upstream(make_proxy: Any, pg: Any) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from rlsproxy.config import PoolConfig
 from rlsproxy.devcluster import ALICE, BOB
+from rlsproxy.wire import frontend as fe
 from tests.integration.conftest import token_for
 from tests.support.proxy import RunningProxy
 from tests.support.rawpg import RawConnection, error_fields
@@ -44,16 +45,44 @@ def test_disconnect_inside_transaction_rolls_back(make_proxy: Any) -> None:
 
 def test_pool_exhaustion_gives_53300(make_proxy: Any) -> None:
     proxy = make_proxy(pool=PoolConfig(max_size=1, acquire_timeout_ms=300))
-    with psycopg.connect(proxy.dsn(token=token_for(ALICE))):
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE))) as alice:
+        alice.execute("select 1")  # holds the only server connection (session pooling)
         raw = RawConnection(
             proxy.port, {"user": "app", "database": "app", "options": f"-c rlsproxy.jwt={token_for(BOB)}"}
         )
-        fields = error_fields(raw.greeting[-1])
+        assert raw.greeting[-1] == ("Z", b"I")  # greeted without a server connection
+        raw.send(fe.query("select 1"))  # the first query needs one
+        fields = error_fields(raw.read())
         raw.close()
-        assert fields["C"] == "53300"
+        assert (fields["S"], fields["C"]) == ("FATAL", "53300")
         assert "no upstream connection available" in fields["M"]
     with psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as b:  # freed again
         assert b.execute("select 1").fetchone() == (1,)
+
+
+def test_idle_clients_hold_no_server_connection(make_proxy: Any) -> None:
+    """Many more idle clients than pool.max_size: they are all greeted, and active ones still work."""
+    proxy = make_proxy(pool=PoolConfig(max_size=2, acquire_timeout_ms=3000))
+    idle = [psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) for _ in range(30)]
+    try:
+        for _ in range(3):
+            with psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as active:
+                assert active.execute("select auth.uid()::text").fetchone() == (BOB,)
+        assert proxy.proxy.pool.size <= 2
+        assert idle[5].execute("select auth.uid()::text").fetchone() == (ALICE,)  # attaches on first use
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+def test_first_query_waits_for_a_released_connection(make_proxy: Any) -> None:
+    proxy = make_proxy(pool=PoolConfig(max_size=1, acquire_timeout_ms=5000))
+    first = psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True)
+    first.execute("select 1")
+    second = psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True)  # greeted at once
+    threading.Timer(0.3, first.close).start()
+    with second:
+        assert second.execute("select auth.uid()::text").fetchone() == (BOB,)
 
 
 def test_waiting_client_gets_released_connection(make_proxy: Any) -> None:
