@@ -99,6 +99,7 @@ def _serve(path: str) -> int:
     from rlsproxy.logs import configure
 
     configure(config.log.level, config.log.format)
+    _raise_open_files_limit()
     loop = _new_loop()
     stop = asyncio.Event()
     hangup = asyncio.Event()
@@ -115,6 +116,23 @@ def _serve(path: str) -> int:
     finally:
         loop.close()
     return 0
+
+
+def _raise_open_files_limit() -> None:
+    """Every client is a socket (and an upstream one once active): use all the descriptors allowed.
+
+    The usual soft limit of 1024 is far below what a proxy holding idle clients needs; past it,
+    new connections are dropped by the event loop without a word. PgBouncer documents the same.
+    """
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    logging.getLogger("rlsproxy").info("open files limit %s", soft)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
