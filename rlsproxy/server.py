@@ -222,6 +222,7 @@ class ClientConnection(asyncio.Protocol):
     async def _handshake(self) -> None:
         timeout = self.proxy.config.limits.startup_timeout_s
         outcome: str | None = "error"
+        why = "client went away"
         try:
             startup = await asyncio.wait_for(self._read_startup(), timeout)
             if startup is None:
@@ -231,27 +232,31 @@ class ClientConnection(asyncio.Protocol):
             await self._begin(client, token)
             outcome = "ok"
         except TimeoutError:
-            outcome = "refused"
+            outcome, why = "refused", "startup timed out"
             self.abort(sqlstate.PROTOCOL_VIOLATION, "rlsproxy: startup timed out")
         except (StartupError, FramingError) as exc:
-            outcome = "refused"
-            self.abort(sqlstate.PROTOCOL_VIOLATION, f"invalid startup packet: {exc}")
+            outcome, why = "refused", f"invalid startup packet: {exc}"
+            self.abort(sqlstate.PROTOCOL_VIOLATION, why)
         except AuthError as exc:
-            outcome = "auth_failed"
+            outcome, why = "auth_failed", exc.message  # messages never carry the token
             self.metrics.auth_failed(exc.reason)
             self.abort(exc.sqlstate, exc.message, hint=exc.hint)
         except ProxyError as exc:
             # Upstream trouble (08, 53, 57 classes) is an error; anything else is a refusal of the client.
             outcome = "error" if exc.sqlstate[:2] in ("08", "53", "57", "XX") else "refused"
+            why = exc.message
             self.abort(exc.sqlstate, exc.message, hint=exc.hint)
         except ConnectionError:
             self._finish("disconnect")
         except Exception:
+            why = "internal error"
             log.exception("bug during client startup")
             self.abort(sqlstate.INTERNAL_ERROR, "rlsproxy internal error during startup")
         finally:
             if outcome is not None:
                 self.metrics.connection_outcome(outcome)
+                if outcome != "ok":  # the successful ones are logged by _begin, with the identity
+                    log.info("client refused", extra={"peer": self._peer, "outcome": outcome, "reason": why})
 
     async def _read_startup(self) -> StartupMessage | None:
         self.proxy.handshakes.add(self)

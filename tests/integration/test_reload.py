@@ -109,3 +109,48 @@ def test_restart_only_sections_are_kept(reloadable: Any, pg: Any) -> None:
     status, body = post_reload(proxy)
     assert status == 200 and "restart needed for: pool" in body
     assert proxy.proxy.config.pool.max_size != 3
+
+
+def test_reload_under_load(reloadable: Any, pg: Any) -> None:
+    """Clients keep querying (on open sessions and on new connections) while the config changes."""
+    import threading
+
+    proxy, path = reloadable
+    stop = threading.Event()
+    errors: list[Exception] = []
+    done = [0, 0]
+
+    def open_session() -> None:
+        with connect(proxy, token_for(ALICE)) as conn:
+            while not stop.is_set():
+                try:
+                    assert conn.execute("select count(*) from notes").fetchone() == (3,)
+                    done[0] += 1
+                except Exception as exc:
+                    errors.append(exc)
+
+    def new_connections() -> None:
+        while not stop.is_set():
+            try:
+                with connect(proxy, token_for(ALICE)) as conn:
+                    assert conn.execute("select auth.uid()::text").fetchone() == (ALICE,)
+                done[1] += 1
+            except Exception as exc:
+                errors.append(exc)
+
+    workers = [threading.Thread(target=open_session), threading.Thread(target=new_connections)]
+    for worker in workers:
+        worker.start()
+    try:
+        for round_ in range(6):
+            write_config(path, pg, services=round_ % 2 == 1)
+            assert post_reload(proxy)[0] == 200
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    assert errors == []
+    assert done[0] > 0 and done[1] > 0
+    # the last config has the service again: the new allowlist is in force
+    with connect(proxy, service_token(), "job:nightly-sync") as job:
+        assert job.execute("select current_user::text").fetchone() == ("service_role",)
