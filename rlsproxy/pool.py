@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, cast
 
 from rlsproxy.config import PoolConfig, UpstreamConfig
@@ -111,9 +111,10 @@ class ServerConnection(asyncio.Protocol):
         await self._ready
 
     # helpers ----------------------------------------------------------------------------------
-    def write(self, chunks: Iterable[bytes | memoryview]) -> None:
+    def write(self, chunks: Sequence[bytes | memoryview]) -> None:
         if self.transport is not None and not self.closed:
-            self.transport.writelines(chunks)
+            # One buffer, one send: several small writes may each reach the socket (and wake Postgres).
+            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def close(self) -> None:
         self.closed = True

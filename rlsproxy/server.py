@@ -11,7 +11,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from rlsproxy.audit import AuditUnavailable
@@ -173,13 +173,11 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     # output -----------------------------------------------------------------------------------
-    def _write(self, chunks: Iterable[bytes | memoryview]) -> None:
+    def _write(self, chunks: Sequence[bytes | memoryview]) -> None:
         if self.transport is not None and not self._closed:
-            n = 0
-            for chunk in chunks:
-                n += len(chunk)
-            self.bytes_out += n
-            self.transport.writelines(chunks)
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self.bytes_out += len(data)
+            self.transport.write(data)  # one buffer, one send
 
     def abort(self, code: str, message: str, *, hint: str | None = None) -> None:
         """Send a FATAL ErrorResponse and close."""
