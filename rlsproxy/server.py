@@ -21,6 +21,7 @@ from rlsproxy.bypass import BypassTrail, record_denied
 from rlsproxy.errors import AuthError, ProtocolViolation, ProxyError
 from rlsproxy.pool import ServerConnection, settings_messages
 from rlsproxy.session import context
+from rlsproxy.session.expected import Pending
 from rlsproxy.session.relay import Relay
 from rlsproxy.session.server import Chunks
 from rlsproxy.wire import backend as be
@@ -222,11 +223,14 @@ class ClientConnection(asyncio.Protocol):
         outcome: str | None = "error"
         why = "client went away"
         try:
-            startup = await asyncio.wait_for(self._read_startup(), timeout)
+            # asyncio.timeout, not wait_for: no extra task per step of every connection's startup.
+            async with asyncio.timeout(timeout):
+                startup = await self._read_startup()
             if startup is None:
                 outcome = None  # a cancel request is not a client session
                 return
-            client, token = await asyncio.wait_for(self._credentials(startup), timeout)
+            async with asyncio.timeout(timeout):
+                client, token = await self._credentials(startup)
             await self._begin(client, token)
             outcome = "ok"
         except TimeoutError:
@@ -467,8 +471,12 @@ class ClientConnection(asyncio.Protocol):
             self.bytes_in -= len(pending)  # counted when it arrived
             self.data_received(pending)
 
-    async def _attach_server(self) -> None:
-        """Acquire a server connection for this session and give it the client's startup settings."""
+    async def _attach_server(self, *, settings_known_good: bool = False) -> None:
+        """Acquire a server connection for this session and give it the client's startup settings.
+
+        Settings already accepted by a server for an earlier client (the greeting was remembered)
+        are pipelined ahead of the client's first messages instead of costing a round trip.
+        """
         assert self.identity is not None
         proxy = self.proxy
         pool = proxy.pool_for(self.identity)
@@ -479,6 +487,11 @@ class ClientConnection(asyncio.Protocol):
             proxy.spawn(pool.release(server, reusable=True))
             raise ConnectionError("client went away")
         self.server = server
+        if settings_known_good:
+            messages = settings_messages(self._settings)
+            if messages and server.state is not None:
+                server.write([server.state.internal(messages, self._settings_applied)])
+            return
         errors = await server.apply_settings(self._settings)
         if self._closed:  # the client left meanwhile; _finish already gave the connection back
             raise ConnectionError("client went away")
@@ -488,13 +501,19 @@ class ClientConnection(asyncio.Protocol):
         assert server.state is not None
         proxy.remember_greeting((pool.name, self._settings), server.state.params)
 
+    def _settings_applied(self, entry: Pending) -> None:
+        """A pipelined settings exchange is done; the server refusing settings it took before is a fault."""
+        if entry.errors:
+            first = entry.errors[0]
+            self.abort(first.get("C", sqlstate.INTERNAL_ERROR), first.get("M", "invalid setting"))
+
     async def _attach_later(self) -> None:
         """The client's first message after an idle greeting: attach a server, then relay what came."""
         transport = self.transport
         assert transport is not None and self.relay is not None
         transport.pause_reading()  # nothing more to buffer until the session can relay it
         try:
-            await self._attach_server()
+            await self._attach_server(settings_known_good=True)
         except ProxyError as exc:
             self.abort(exc.sqlstate, exc.message, hint=exc.hint)
             return
@@ -508,8 +527,11 @@ class ClientConnection(asyncio.Protocol):
         if self._closed or server is None or server.state is None or relay is None:
             return
         # Values the greeting could not know (a server restarted with another version, say).
+        own = {name.lower() for name, _ in self._settings}  # reported after the pipelined settings
         changed = [
-            be.parameter_status(k, v) for k, v in server.state.params.items() if self._greeted.get(k) != v
+            be.parameter_status(k, v)
+            for k, v in server.state.params.items()
+            if self._greeted.get(k) != v and k.lower() not in own
         ]
         if changed:
             self._write(changed)

@@ -189,3 +189,17 @@ def test_stalled_startup_times_out(proxy: RunningProxy) -> None:
     s.close()
     assert b"timed out" in data
     assert time.monotonic() - start < 5
+
+
+def test_startup_settings_on_a_lazily_attached_connection(proxy: RunningProxy) -> None:
+    """The first client with given settings attaches at startup; later ones get them pipelined."""
+    options = f"-c TimeZone=Asia/Tokyo -c rlsproxy.jwt={token_for(ALICE)}"
+    dsn = f"host=127.0.0.1 port={proxy.port} dbname=app user=app application_name=reports options='{options}'"
+    for _ in range(3):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.info.parameter_status("application_name") == "reports"  # from the greeting
+            row = conn.execute(
+                "select current_setting('application_name'), current_setting('TimeZone')"
+            ).fetchone()
+            assert row == ("reports", "Asia/Tokyo")
+            assert conn.info.parameter_status("TimeZone") == "Asia/Tokyo"
