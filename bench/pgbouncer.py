@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bench.ports import free_port, wait_for_port
+from bench.ports import free_port, stop_process, wait_for_port
 from rlsproxy.devcluster import AUTHENTICATOR_PASSWORD, PG_SYSTEM_USER, DevCluster
 
 POOL_SIZE = 40  # as rlsproxy's pool.max_size
@@ -107,10 +107,4 @@ class PgBouncerProcess:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)

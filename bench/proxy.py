@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.ports import free_port, wait_for_port
+from bench.ports import free_port, stop_process, wait_for_port
 from rlsproxy.devcluster import AUTHENTICATOR_PASSWORD, DevCluster
 
 # HS256 needs at least 32 bytes of secret; this one only ever signs tokens for the throwaway cluster.
@@ -72,13 +72,7 @@ class ProxyProcess:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def problems(self, limit: int = 20) -> list[str]:
         """Lines of its log that are not routine INFO/DEBUG records: warnings, errors, tracebacks."""
