@@ -249,6 +249,8 @@ class ClientConnection(asyncio.Protocol):
             why = exc.message
             self.abort(exc.sqlstate, exc.message, hint=exc.hint)
         except ConnectionError:
+            if not self.bytes_in:
+                outcome = None  # connected and left without a byte: a port probe, not a client
             self._finish("disconnect")
         except Exception:
             why = "internal error"

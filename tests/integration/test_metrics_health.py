@@ -147,3 +147,16 @@ def test_health_and_readiness_follow_upstream(make_proxy: Any, pg: Any) -> None:
     finally:
         pg.start()
     assert get(proxy, "/readyz") == (200, "ok\n")
+
+
+def test_port_probe_is_not_a_failed_client(make_proxy: Any, pg: Any) -> None:
+    import socket
+
+    proxy = make_proxy()
+    socket.create_connection(("127.0.0.1", proxy.port)).close()  # what a TCP health check does
+    with socket.create_connection(("127.0.0.1", proxy.port)) as half:
+        half.sendall(b"\x00\x00")  # a client that gives up mid-startup is one
+    time.sleep(0.3)
+    scrape = Scrape(proxy)
+    assert scrape("rlsproxy_client_connections_total", outcome="error") == 1
+    assert scrape("rlsproxy_client_connections_active") == 0
