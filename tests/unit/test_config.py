@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import rlsproxy.config
+import rlsproxy.config._reader
 from rlsproxy.config import (
     AuditConfig,
     Config,
@@ -486,7 +486,7 @@ def test_unreadable_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         def refuse(path: str, *args: Any, **kwargs: Any) -> Any:
             raise PermissionError(13, "Permission denied", path)
 
-        monkeypatch.setattr(rlsproxy.config, "open", refuse, raising=False)
+        monkeypatch.setattr(rlsproxy.config._reader, "open", refuse, raising=False)
     assert problems({"jwt": {"algorithms": ["RS256"], "public_keys": [str(key)]}}) == [
         f'jwt.public_keys[0]: cannot read "{key}": Permission denied'
     ]
