@@ -15,11 +15,18 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # The whole suite: unit tests, lint, types, import contracts and integration tests on a real Postgres.
+# The system's PostgreSQL servers, when installed, are a second target for the integration tests.
+SYSTEM_PG_BINDIRS := $(wildcard /usr/lib/postgresql/*/bin)
+
 test: $(STAMP)
 	$(BIN)/ruff check rlsproxy tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest
+	@for dir in $(SYSTEM_PG_BINDIRS); do \
+		echo "== integration tests against $$dir"; \
+		RLSPROXY_PG_BINDIR=$$dir $(BIN)/pytest -q tests/integration || exit 1; \
+	done
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
