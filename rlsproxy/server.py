@@ -26,6 +26,7 @@ from rlsproxy.session.relay import Relay
 from rlsproxy.session.server import Chunks
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes, sqlstate
+from rlsproxy.wire import frontend as fe
 from rlsproxy.wire.framing import MAX_STARTUP_PACKET_LENGTH, FramingError, next_message, startup_packet_length
 from rlsproxy.wire.startup import (
     CancelRequest,
@@ -89,6 +90,9 @@ class ClientConnection(asyncio.Protocol):
                 self._wakeup.set_result(None)
             return
         if self.server is None:  # not attached yet (see _begin): keep it until a server is
+            if not self._inbox and data == fe.TERMINATE:  # connected, greeted, left: no server needed
+                self._finish("terminate")
+                return
             self._inbox += data
             if not self._attaching:
                 self._attaching = True

@@ -203,3 +203,14 @@ def test_startup_settings_on_a_lazily_attached_connection(proxy: RunningProxy) -
             ).fetchone()
             assert row == ("reports", "Asia/Tokyo")
             assert conn.info.parameter_status("TimeZone") == "Asia/Tokyo"
+
+
+def test_connect_and_leave_takes_no_server_connection(make_proxy: Any) -> None:
+    proxy = make_proxy(pool=PoolConfig(max_size=1, acquire_timeout_ms=3000))
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as holder:
+        holder.execute("select 1")  # holds the only server connection
+        for _ in range(5):  # greeted and gone (what pg_isready-style checks do): never wait for the pool
+            psycopg.connect(proxy.dsn(token=token_for(BOB))).close()
+        time.sleep(0.2)
+        assert proxy.proxy.pool.waiting == 0
+        assert proxy.proxy.pool.size == 1
