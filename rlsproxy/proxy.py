@@ -80,7 +80,8 @@ class Proxy:
             self.tls_context = server_context(config.listen.tls)
         # Whether a peer address is on this machine (a token may then be asked for as a cleartext password).
         self.peer_is_local: Callable[[str], bool] = is_loopback
-        self.classifier = Classifier(Guard(config.limits.guard_cache_size), config.limits.guard_cache_size)
+        # The Classifier caches verdicts by raw bytes; the Guard behind it needs no cache of its own.
+        self.classifier = Classifier(Guard(0), config.limits.guard_cache_size)
         self.audit = AuditLog(config.audit, on_failure=self.metrics.audit_write_failed)
         up = config.upstream
         self.pool = self._pool("users", up.user, up.password)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -99,7 +100,7 @@ class Authenticator:
                 expires_at=None,
             )
         # (sha256(token), label) -> (identity, exp + leeway); successes only, bounded like the verifier's.
-        self._cache: dict[tuple[bytes, str | None], tuple[Identity, float]] = {}
+        self._cache: OrderedDict[tuple[bytes, str | None], tuple[Identity, float]] = OrderedDict()
 
     @property
     def verifier(self) -> TokenVerifier:
@@ -128,7 +129,7 @@ class Authenticator:
         size = self._verifier.cache_size
         if size > 0:
             if len(self._cache) >= size:
-                del self._cache[next(iter(self._cache))]
+                self._cache.popitem(last=False)
             exp = identity.expires_at
             deadline = exp + self._verifier.leeway_s if exp is not None else math.inf
             self._cache[key] = (identity, deadline)

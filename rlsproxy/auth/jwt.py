@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -83,7 +84,7 @@ class TokenVerifier:
             }
         )
         # sha256(token) -> (claims, moment the token stops being valid). Insertion order = age.
-        self._cache: dict[bytes, tuple[dict[str, Any], float]] = {}
+        self._cache: OrderedDict[bytes, tuple[dict[str, Any], float]] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -101,7 +102,7 @@ class TokenVerifier:
         claims, deadline = self._verify(token)
         if self.cache_size > 0:
             if len(self._cache) >= self.cache_size:
-                del self._cache[next(iter(self._cache))]
+                self._cache.popitem(last=False)
             self._cache[digest] = (claims, deadline)
         return claims
 

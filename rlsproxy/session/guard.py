@@ -14,6 +14,7 @@ Pure: no I/O, no asyncio; one :class:`Guard` per process caches verdicts per exa
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -89,7 +90,7 @@ class Guard:
     """Classifies query texts, caching the verdict per exact text (oldest evicted first)."""
 
     def __init__(self, cache_size: int = 10_000) -> None:
-        self._cache: dict[str, Verdict] = {}
+        self._cache: OrderedDict[str, Verdict] = OrderedDict()  # FIFO: O(1) eviction
         self._cache_size = cache_size
         self.hits = 0
         self.misses = 0
@@ -103,7 +104,7 @@ class Guard:
         verdict = classify(sql)
         if self._cache_size > 0 and len(sql) <= _MAX_CACHED_TEXT:
             if len(self._cache) >= self._cache_size:
-                del self._cache[next(iter(self._cache))]
+                self._cache.popitem(last=False)
             self._cache[sql] = verdict
         return verdict
 

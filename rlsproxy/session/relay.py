@@ -12,6 +12,7 @@ opens), so the context applies exactly to the client's transaction and ends with
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 from rlsproxy.errors import ProtocolViolation, ProxyError
@@ -30,12 +31,16 @@ _COPY_MESSAGES = frozenset((codes.COPY_DATA, codes.COPY_DONE, codes.COPY_FAIL))
 
 
 class Classifier:
-    """The guard's verdicts keyed by the raw SQL bytes, so a repeated statement costs one lookup."""
+    """The guard's verdicts keyed by the raw SQL bytes, so a repeated statement costs one lookup.
+
+    FIFO-bounded OrderedDicts: popping a plain dict's oldest key (next(iter(d))) walks the slots
+    freed by earlier pops, microseconds per statement when every text is new (literal values).
+    """
 
     def __init__(self, guard: Guard, max_entries: int = 10_000) -> None:
         self._guard = guard
-        self._cache: dict[bytes, Verdict] = {}
-        self._translations: dict[bytes, Translation] = {}
+        self._cache: OrderedDict[bytes, Verdict] = OrderedDict()
+        self._translations: OrderedDict[bytes, Translation] = OrderedDict()
         self._max = max_entries
 
     def verdict(self, sql: bytes) -> Verdict:
@@ -44,7 +49,7 @@ class Classifier:
             return found
         result = self._guard.check(decode_sql(sql)[0])
         if len(self._cache) >= self._max:
-            self._cache.pop(next(iter(self._cache)))
+            self._cache.popitem(last=False)
         self._cache[sql] = result
         return result
 
@@ -53,7 +58,7 @@ class Classifier:
         if found is None:
             found = translate(sql)
             if len(self._translations) >= self._max:
-                self._translations.pop(next(iter(self._translations)))
+                self._translations.popitem(last=False)
             self._translations[sql] = found
         return found
 
