@@ -89,7 +89,9 @@ class Proxy:
         # membership in a BYPASSRLS role (a guard bypass would then still not reach bypass).
         self.service_pool: Pool | None = None
         if up.service_user is not None:
-            self.service_pool = self._pool("service", up.service_user, up.service_password)
+            self.service_pool = self._pool(
+                "service", up.service_user, up.service_password, max_size=config.pool.service_max_size
+            )
         self.clients: dict[int, ClientConnection] = {}  # by the pid we handed out
         # (pool name, client startup settings) -> the ParameterStatus values a server reported for
         # them: lets a client be greeted before it gets a server connection (see server.py _begin).
@@ -102,9 +104,10 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def _pool(self, name: str, user: str, password: str | None) -> Pool:
+    def _pool(self, name: str, user: str, password: str | None, *, max_size: int | None = None) -> Pool:
         upstream_error: Callable[[], None] = lambda: self.metrics.upstream_connect_error(name)  # noqa: E731
-        pool = Pool(name, self.config.upstream, self.config.pool, user=user, password=password,
+        cfg = self.config.pool if max_size is None else replace(self.config.pool, max_size=max_size)
+        pool = Pool(name, self.config.upstream, cfg, user=user, password=password,
                     on_connect_error=upstream_error)  # fmt: skip
         self.metrics.register_pool(pool)
         return pool

@@ -165,7 +165,8 @@ def describe(config: Config) -> str:
         f"upstream:  {u.user}@{_hostport(u.host, u.port)}/{u.database} (password {_is_set(u.password)})"
         f"{service_login}; connect timeout {_num(u.connect_timeout_s)}s; sslmode {u.sslmode}",
         f"pool:      {p.mode} mode, max {p.max_size} connections, acquire timeout {p.acquire_timeout_ms}ms, "
-        f"idle timeout {_num(p.idle_timeout_s)}s",
+        f"idle timeout {_num(p.idle_timeout_s)}s"
+        + (f"; service pool max {p.service_max_size or p.max_size}" if u.service_user else ""),
         f"jwt:       {', '.join(j.algorithms)}; {', '.join(keys) or 'no keys'}",
         f"           audience {_opt_list(j.audience)}, issuer {j.issuer or 'any'}, "
         f"role claim {j.role_claim}, required claims {_opt_list(j.required_claims or None)}, "

@@ -129,6 +129,7 @@ def _pool(s: _Section | None) -> PoolConfig:
         max_size=s.get("max_size", _POSITIVE_INT, d.max_size),
         acquire_timeout_ms=s.get("acquire_timeout_ms", _POSITIVE_INT, d.acquire_timeout_ms),
         idle_timeout_s=s.get("idle_timeout_s", _POSITIVE, d.idle_timeout_s),
+        service_max_size=s.get("service_max_size", _optional(_POSITIVE_INT), d.service_max_size),
     )
 
 

@@ -50,6 +50,9 @@ class PoolConfig:
     max_size: int = 20
     acquire_timeout_ms: int = 5000
     idle_timeout_s: float = 300.0
+    # Upstream connections for service (bypass) sessions, when upstream.service_user is set;
+    # None = max_size. Jobs are few: a small pool keeps the connection budget honest.
+    service_max_size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -201,3 +201,20 @@ def test_audit_log_reopens_for_logrotate(make_proxy: Any, pg: Any, audit_path: P
         conn.execute("select 1")
     assert audit_lines(rotated)[-1]["event"] == "bypass.end"
     assert [line["label"] for line in audit_lines(audit_path, until="bypass.end")] == ["job:nightly-a"] * 3
+
+
+def test_service_pool_has_its_own_size(make_proxy: Any, pg: Any, audit_path: Path) -> None:
+    from rlsproxy.config import PoolConfig
+
+    proxy = make_proxy(
+        bypass_config(pg, audit_path, pool=PoolConfig(max_size=5, acquire_timeout_ms=300, service_max_size=1))
+    )
+    with connect(proxy, service_token(), "job:nightly-a") as first:
+        first.execute("select 1")  # holds the only service connection
+        second = connect(proxy, service_token(), "job:nightly-b")
+        with pytest.raises(psycopg.OperationalError, match="pool 'service' has 1 connections"):
+            second.execute("select 1")
+        second.close()
+        with connect(proxy, token_for(ALICE)) as user:  # the end-user pool is separate
+            assert user.execute("select count(*) from notes").fetchone() == (3,)
+    assert proxy.proxy.service_pool is not None and proxy.proxy.service_pool.size == 1

@@ -880,3 +880,11 @@ def test_shutdown_timeout() -> None:
     assert problems(minimal(limits={"shutdown_timeout_s": -1})) == [
         "limits.shutdown_timeout_s: expected a number >= 0, got -1"
     ]
+
+
+def test_service_pool_size() -> None:
+    assert parse_config(MINIMAL, {}).pool.service_max_size is None
+    assert parse_config(minimal(pool={"service_max_size": 3}), {}).pool.service_max_size == 3
+    assert problems(minimal(pool={"service_max_size": 0})) == [
+        "pool.service_max_size: expected a positive integer, got 0"
+    ]
