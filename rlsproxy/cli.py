@@ -65,10 +65,7 @@ def _check_config(path: str) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        return 1
+        return _problems(f"{path}: {len(exc.problems)} problem(s):", exc.problems)
     print(f"{path}: OK")
     print(describe(config))
     return 0
@@ -92,10 +89,7 @@ def _serve(path: str) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"{path}: invalid configuration:", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        return 1
+        return _problems(f"{path}: invalid configuration:", exc.problems)
     from rlsproxy.logs import configure
 
     configure(config.log.level, config.log.format)
@@ -109,13 +103,18 @@ def _serve(path: str) -> int:
     try:
         loop.run_until_complete(run(config, path, stop, hangup))
     except ConfigError as exc:  # key or certificate files that exist but cannot be used
-        print(f"{path}: cannot start:", file=sys.stderr)
-        for line in exc.problems:
-            print(f"  {line}", file=sys.stderr)
-        return 1
+        return _problems(f"{path}: cannot start:", exc.problems)
     finally:
         loop.close()
     return 0
+
+
+def _problems(heading: str, problems: list[str]) -> int:
+    """Print a config's problems, one per line under a heading, to stderr; exit status 1."""
+    print(heading, file=sys.stderr)
+    for line in problems:
+        print(f"  {line}", file=sys.stderr)
+    return 1
 
 
 def _raise_open_files_limit() -> None:

@@ -59,16 +59,6 @@ class AuthError(ProxyError):
         self.reason = reason
 
 
-class GuardRefusal(ProxyError):
-    """A client statement the guard refuses before it reaches Postgres."""
-
-    sqlstate = sqlstate.INSUFFICIENT_PRIVILEGE
-
-    def __init__(self, rule: str, message: str, *, code: str | None = None, hint: str | None = None) -> None:
-        super().__init__(message, code=code, hint=hint)
-        self.rule = rule
-
-
 class PoolTimeout(ProxyError):
     sqlstate = sqlstate.TOO_MANY_CONNECTIONS
 

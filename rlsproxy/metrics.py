@@ -25,7 +25,8 @@ CONNECTION_OUTCOMES: Final = ("ok", "auth_failed", "refused", "error")
 RELOAD_OUTCOMES: Final = ("ok", "error")
 JWKS_OUTCOMES: Final = ("ok", "error")
 
-AUTH_FAILURE_REASONS: Final = (
+# Why a token was refused (rlsproxy.auth: AuthError.reason).
+_TOKEN_REASONS: Final = (
     "no_token",
     "malformed",
     "algorithm",
@@ -40,13 +41,6 @@ AUTH_FAILURE_REASONS: Final = (
     "missing_claim",
     "role_missing",
     "role_invalid",
-    "role_not_allowed",
-    "bypass_not_a_service",
-    "bypass_role_not_allowed",
-    "bypass_no_label",
-    "bypass_label_not_allowed",
-    "bypass_audit_unavailable",
-    OTHER,
 )
 
 # Why an attempt to bypass RLS was refused (rlsproxy.auth.identity.BypassDenied, plus the edge's own
@@ -60,6 +54,7 @@ BYPASS_DENIED_REASONS: Final = (
     "bypass_audit_unavailable",
     OTHER,
 )
+AUTH_FAILURE_REASONS: Final = _TOKEN_REASONS + BYPASS_DENIED_REASONS
 
 # The guard's rule names (rlsproxy.session.guard), plus the few it uses that the issue did not list.
 GUARD_RULES: Final = (
@@ -336,10 +331,6 @@ class Metrics:
         ).inc()
 
     # transactions and the guard ----------------------------------------------------------------
-    def transaction_finished(self, seconds: float) -> None:
-        self.transactions.inc()
-        self.transaction_duration.observe(seconds)
-
     def transactions_finished(self, count: int, seconds: float) -> None:
         """`count` transactions pipelined together ended after `seconds`: one duration sample for the run."""
         self.transactions.inc(count)

@@ -11,6 +11,7 @@ import secrets
 import ssl
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -95,7 +96,9 @@ class Proxy:
         self.clients: dict[int, ClientConnection] = {}  # by the pid we handed out
         # (pool name, client startup settings) -> the ParameterStatus values a server reported for
         # them: lets a client be greeted before it gets a server connection (see server.py _begin).
-        self.greeting_params: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
+        self.greeting_params: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], dict[str, str]] = (
+            OrderedDict()
+        )
         self.handshakes: weakref.WeakSet[ClientConnection] = weakref.WeakSet()  # see in_handshake
         self.draining = (
             False  # SIGTERM: no new sessions, readiness fails, sessions end with their transaction
@@ -131,7 +134,7 @@ class Proxy:
 
     def remember_greeting(self, key: tuple[str, tuple[tuple[str, str], ...]], params: dict[str, str]) -> None:
         if key not in self.greeting_params and len(self.greeting_params) >= MAX_GREETINGS:
-            del self.greeting_params[next(iter(self.greeting_params))]
+            self.greeting_params.popitem(last=False)
         self.greeting_params[key] = dict(params)
 
     def pool_for(self, identity: Identity) -> Pool:

@@ -264,7 +264,3 @@ class KeyStore:
                 code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
             )
         return tuple(found)
-
-    def for_token(self, header: Mapping[str, Any]) -> Any:
-        """The key to verify a token with (the first candidate; see `candidates` for the rest)."""
-        return self.candidates(header)[0].key

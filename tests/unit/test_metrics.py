@@ -90,7 +90,7 @@ def test_jwt() -> None:
 
 def test_transactions_and_statements() -> None:
     m = Metrics()
-    m.transaction_finished(0.02)
+    m.transactions_finished(1, 0.02)
     m.statement()
     m.statement(3)
     assert value(m, "rlsproxy_transactions_total") == 1
