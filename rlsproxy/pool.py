@@ -367,7 +367,7 @@ class Pool:
             return False
         if entry.errors or conn.closed or state.tx_status != codes.TX_IDLE:
             return False
-        state.ctx = CTX_UNPREPARED
+        state.forget_context(CTX_UNPREPARED)
         return True
 
     def reap_idle(self) -> None:

@@ -8,15 +8,20 @@ the login role, which has no privileges of its own: a missing context fails clos
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from rlsproxy.wire import codes
 from rlsproxy.wire import frontend as fe
 from rlsproxy.wire.backend import message
 
 CONTEXT_STATEMENT = "rlsproxy_ctx"
-# Sets role and claims for the transaction, unless the client already switched this transaction's
-# identity in-band (in_band.py marks it with rlsproxy.in_band, a setting clients cannot write): a
-# prefix pipelined later in the same transaction must not undo that switch.
-CONTEXT_SQL = (
+CONTEXT_SQL = "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)"
+# The same, unless the client already switched this transaction's identity in-band (in_band.py
+# marks it with rlsproxy.in_band, a setting clients cannot write): a prefix pipelined later in the
+# same transaction must not undo that switch. Used only where that can happen (a session that has
+# switched in-band, prefix pipelined behind unanswered messages): its CASEs cost Postgres a few µs.
+KEEPING_STATEMENT = "rlsproxy_ctx_keep"
+KEEPING_SQL = (
     "SELECT set_config('role', CASE WHEN current_setting('rlsproxy.in_band', true) = 'on' "
     "THEN current_setting('role') ELSE $1 END, true), "
     "set_config('request.jwt.claims', CASE WHEN current_setting('rlsproxy.in_band', true) = 'on' "
@@ -24,11 +29,34 @@ CONTEXT_SQL = (
 )
 TEXT_OID = 25
 
-PARSE_CONTEXT = fe.parse(CONTEXT_STATEMENT, CONTEXT_SQL, (TEXT_OID, TEXT_OID))
-# Close of a statement that does not exist is not an error, so Close+Parse re-prepares safely
-# when the proxy cannot be sure the statement is there (after DISCARD ALL or a failed prefix).
-CLOSE_CONTEXT = message(codes.CLOSE, b"S" + CONTEXT_STATEMENT.encode() + b"\0")
+
+class Statement(NamedTuple):
+    """A context statement: how to prepare it, and how to drop it when unsure it exists."""
+
+    name: str
+    parse: bytes
+    # Close of a statement that does not exist is not an error, so Close+Parse re-prepares safely
+    # when the proxy cannot be sure the statement is there (after DISCARD ALL or a failed prefix).
+    close: bytes
+
+
+def _statement(name: str, sql: str) -> Statement:
+    return Statement(
+        name, fe.parse(name, sql, (TEXT_OID, TEXT_OID)), message(codes.CLOSE, b"S" + name.encode() + b"\0")
+    )
+
+
+PLAIN = _statement(CONTEXT_STATEMENT, CONTEXT_SQL)
+KEEPING = _statement(KEEPING_STATEMENT, KEEPING_SQL)
 EXECUTE_UNNAMED = fe.execute()
+
+
+class Prefix(NamedTuple):
+    """Bind + Execute of each context statement for one identity: built once per identity."""
+
+    plain: bytes
+    keeping: bytes
+
 
 # Placeholder statement sent in place of a refused client message. Postgres fails it at parse
 # time with a syntax error naming this word, which the relay recognises and replaces with the
@@ -38,6 +66,9 @@ REFUSAL_QUERY = fe.query(REFUSAL_MARKER)
 REFUSAL_PARSE = fe.parse("", REFUSAL_MARKER)
 
 
-def context_prefix(role: str, claims_json: str) -> bytes:
-    """Bind + Execute of the context statement for one identity: built once per identity."""
-    return fe.bind(CONTEXT_STATEMENT, (role, claims_json)) + EXECUTE_UNNAMED
+def context_prefix(role: str, claims_json: str) -> Prefix:
+    params = (role, claims_json)
+    return Prefix(
+        fe.bind(CONTEXT_STATEMENT, params) + EXECUTE_UNNAMED,
+        fe.bind(KEEPING_STATEMENT, params) + EXECUTE_UNNAMED,
+    )

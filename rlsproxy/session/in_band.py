@@ -10,7 +10,7 @@ The proxy verifies the token itself, then sends Postgres a statement of its own 
 client's: it sets ``role`` and ``request.jwt.claims`` (transaction-local, as the context prefix
 does) from one bind parameter, a JSON payload the proxy builds, and marks the transaction with
 ``rlsproxy.in_band`` so that a context prefix pipelined later in the same transaction leaves the
-switched identity alone (see context.CONTEXT_SQL). The rewritten statements give the reply the
+switched identity alone (see context.KEEPING_SQL). The rewritten statements give the reply the
 client expects: ``set_config`` returns one text row named set_config, ``SET``/``RESET`` only
 a command tag (the relay swaps the tag of the rewritten SELECT).
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from rlsproxy.errors import ProtocolViolation, ProxyError
 from rlsproxy.session import context
-from rlsproxy.session.expected import CLIENT, CTX_UNKNOWN, PREFIX, Pending
-from rlsproxy.session.guard import Guard, Verdict, is_reserved_statement_name
+from rlsproxy.session.expected import CLIENT, PREFIX, Pending
+from rlsproxy.session.guard import RESERVED_NAME_PREFIX, Guard, Verdict, is_reserved_statement_name
 from rlsproxy.session.in_band import SET_CONFIG_SQL, SET_SQL, InBand, payload
 from rlsproxy.session.server import Chunks, ServerState
 from rlsproxy.session.simple import DESCRIBE_UNNAMED_PORTAL, Translation, decode_sql, translate
@@ -27,6 +27,9 @@ from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
 
 _FORWARD_ONLY = frozenset((codes.FLUSH,))
+_EXTENDED = frozenset((codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE))
+_PORTAL = ord("P")
+_RESERVED = RESERVED_NAME_PREFIX.encode()
 _COPY_MESSAGES = frozenset((codes.COPY_DATA, codes.COPY_DONE, codes.COPY_FAIL))
 
 
@@ -108,7 +111,7 @@ class Relay:
 
     def __init__(
         self,
-        prefix: bytes,
+        prefix: context.Prefix,
         classifier: Classifier,
         *,
         max_message: int,
@@ -138,6 +141,7 @@ class Relay:
         # Prepared statements (by name) that are in-band switches, rewritten at Parse; their Binds
         # carry the token and are rewritten too.
         self._in_band_statements: dict[bytes, InBand] = {}
+        self._switched = False  # an in-band switch was sent: later prefixes may need to keep one
         self._rest = b""
         self._open: Pending | None = None  # the client batch not yet ended by Sync/Query
         self._syncs_after_execute = 0
@@ -212,10 +216,16 @@ class Relay:
                 fwd = self._flush(view, fwd, pos, to_server)
                 self._query(server, data[pos + 5 : end], view[pos:end], to_server)
                 fwd = end
-            elif t in (codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE):
-                fwd = self._flush(view, fwd, pos, to_server)
-                self._extended(server, t, data[pos + 5 : end], view[pos:end], to_server)
-                fwd = end
+            elif t in _EXTENDED:
+                if self._forwards_unchanged(t, data, pos, end):
+                    # Part of the run forwarded as one slice; a new batch still gets its prefix first.
+                    if self._open is None:
+                        fwd = self._flush(view, fwd, pos, to_server)
+                        self._open_batch(server, to_server, context=True)
+                else:
+                    fwd = self._flush(view, fwd, pos, to_server)
+                    self._extended(server, t, data[pos + 5 : end], view[pos:end], to_server)
+                    fwd = end
             elif t == codes.FUNCTION_CALL:
                 fwd = self._flush(view, fwd, pos, to_server)
                 self._refuse_query(server, "function_call", FUNCTION_CALL_REFUSED, to_server)
@@ -245,7 +255,10 @@ class Relay:
         """
         prefixed = context and self._may_be_idle(server)
         if prefixed:
-            to_server.append(server.context_messages(self.prefix))
+            # Behind unanswered messages, after this session switched in-band, the transaction
+            # may hold a switch: use the context statement that keeps it.
+            keeping = self._switched and bool(server.pending)
+            to_server.append(server.context_messages(self.prefix, keeping=keeping))
             server.pending.append(Pending(PREFIX))
             self.transactions += 1
         self._open = Pending(CLIENT)
@@ -290,7 +303,7 @@ class Relay:
                 to_server.append(fe.SYNC)
             self._end_batch(server)
         if action in ("discard_all", "deallocate_all"):
-            server.ctx = CTX_UNKNOWN
+            server.forget_context()
         if self._restore and action in ("discard_all", "reset_all"):
             to_server.append(server.internal(self._restore))
 
@@ -318,6 +331,7 @@ class Relay:
         """Verify the token (ProxyError if refused); a session-scope switch also changes later prefixes."""
         assert self._in_band is not None
         role, claims = self._in_band("" if switch.form == "reset" else token)
+        self._switched = True
         if not switch.local:
             self.prefix = context.context_prefix(role, claims)
         return role, claims
@@ -386,6 +400,36 @@ class Relay:
         value = payload(role, claims, token).encode()
         to_server.append(fe.build_bind(parts._replace(param_formats=(), params=(value,))))
 
+    def _forwards_unchanged(self, t: int, data: bytes, pos: int, end: int) -> bool:
+        """The common case, decided on the raw bytes: this message goes upstream exactly as it came.
+
+        True for a Parse the guard allows as it is, a Bind of an ordinary statement, a Describe or
+        Close of a portal; never in audited sessions (they track statement SQL). Anything else,
+        and anything malformed, takes the full path in _extended.
+        """
+        if self._on_statement is not None:
+            return False
+        start = pos + 5
+        if t == codes.DESCRIBE or t == codes.CLOSE:
+            return end > start and data[start] == _PORTAL  # portal names are never reserved
+        name_end = data.find(0, start, end)
+        if name_end < 0:
+            return False
+        if t == codes.BIND:  # the portal name comes first, then the statement's
+            start = name_end + 1
+            name_end = data.find(0, start, end)
+            if name_end < 0:
+                return False
+        name = data[start:name_end]
+        if name[: len(_RESERVED)].lower() == _RESERVED:
+            return False
+        if self._in_band_statements and name in self._in_band_statements:
+            return False
+        if t == codes.PARSE:
+            sql_end = data.find(0, name_end + 1, end)
+            return sql_end > 0 and self._classifier.verdict(data[name_end + 1 : sql_end]).action == "allow"
+        return True
+
     @staticmethod
     def _may_be_idle(server: ServerState) -> bool:
         """Not surely inside a transaction: replies are outstanding, or the last status was idle."""
@@ -410,7 +454,7 @@ class Relay:
             if self._open is None:
                 self._open_batch(server, to_server, context=verdict.action != "discard_all")
             if verdict.action in ("discard_all", "deallocate_all"):
-                server.ctx = CTX_UNKNOWN
+                server.forget_context()
             if self._restore and verdict.action in ("discard_all", "reset_all"):
                 self._restore_after_sync = True
             if self._on_statement is not None:

@@ -7,6 +7,7 @@ are forwarded as slices of the received buffer, replies to the proxy's own messa
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable
 
@@ -29,6 +30,7 @@ from rlsproxy.wire.framing import FramingError
 from rlsproxy.wire.startup import build_startup_message
 
 Chunks = list[bytes | memoryview]
+_HEADER = struct.Struct("!BI")  # message type, length (which counts itself, not the type byte)
 _MARKER = context.REFUSAL_MARKER.encode()
 # Replies to the extended messages that stand in for a simple Query; a simple Query never gets them.
 _TRANSLATION_ONLY = frozenset((codes.PARSE_COMPLETE, codes.BIND_COMPLETE, codes.NO_DATA))
@@ -46,7 +48,8 @@ class ServerState:
         self.pid = pid
         self.secret = secret
         self.tx_status = codes.TX_IDLE
-        self.ctx = CTX_UNPREPARED
+        self.ctx = CTX_UNPREPARED  # the plain context statement (see context.py)
+        self.ctx_keeping = CTX_UNPREPARED  # the one that keeps an in-band switch
         self.pending: deque[Pending] = deque()
         self._rest = b""  # an incomplete message left over from the last read
 
@@ -64,15 +67,15 @@ class ServerState:
         n = len(data)
         pos = fwd = 0
         pending = self.pending
+        header = _HEADER.unpack_from
+        head = pending[0] if pending else None  # looked up again only when an entry ends
         while n - pos >= 5:
-            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            t, length = header(data, pos)
             end = pos + 1 + length
             if length < 4 or length >= MAX_SERVER_MESSAGE:
                 raise FramingError(f"server sent an invalid message length {length}")
             if end > n:
                 break
-            t = data[pos]
-            head = pending[0] if pending else None
             if head is None or head.kind == CLIENT:
                 if t == codes.DATA_ROW:  # the bulk of most streams
                     pass
@@ -80,6 +83,7 @@ class ServerState:
                     self.tx_status = data[pos + 5]
                     if head is not None:
                         pending.popleft()
+                        head = pending[0] if pending else None
                 elif head is not None and (head.translated or head.replacement is not None):
                     if head.translated and t in _TRANSLATION_ONLY:
                         if fwd < pos:
@@ -119,7 +123,7 @@ class ServerState:
                     # Fail closed: the client's messages up to the next Sync are skipped by
                     # Postgres; the client sees why. A Query batch needs the proxy's own Sync.
                     pending.popleft()
-                    self.ctx = CTX_UNKNOWN
+                    self.forget_context()
                     to_client.append(view[pos:end])
                     batch = pending[0] if pending else None
                     self._after_failed_prefix(batch, to_server)
@@ -131,6 +135,7 @@ class ServerState:
                     pending.popleft()
                     if head.on_done is not None:
                         head.on_done(head)
+            head = pending[0] if pending else None  # an on_done callback may queue more, too
             pos = end
         if fwd < pos:
             to_client.append(view[fwd:pos])
@@ -169,15 +174,25 @@ class ServerState:
         name, value = be.parse_parameter_status(body)
         self.params[name] = value
 
-    def context_messages(self, prefix: bytes) -> bytes:
-        """The prefix for one transaction, preparing the context statement when needed."""
-        if self.ctx == CTX_PREPARED:
-            return prefix
-        head = context.PARSE_CONTEXT + prefix
-        if self.ctx == CTX_UNKNOWN:
-            head = context.CLOSE_CONTEXT + head
-        self.ctx = CTX_PREPARED  # optimistic; a failed prefix sets it back to unknown
-        return head
+    def context_messages(self, prefix: context.Prefix, *, keeping: bool) -> bytes:
+        """The prefix for one transaction, preparing its context statement when needed.
+
+        `keeping`: the transaction may already hold an in-band switch, which the prefix must keep.
+        """
+        if keeping:
+            state, statement, bind = self.ctx_keeping, context.KEEPING, prefix.keeping
+            self.ctx_keeping = CTX_PREPARED  # optimistic; a failed prefix sets it back to unknown
+        else:
+            state, statement, bind = self.ctx, context.PLAIN, prefix.plain
+            self.ctx = CTX_PREPARED
+        if state == CTX_PREPARED:
+            return bind
+        head = statement.parse + bind
+        return statement.close + head if state == CTX_UNKNOWN else head
+
+    def forget_context(self, state: int = CTX_UNKNOWN) -> None:
+        """The context statements may be gone (DISCARD ALL, DEALLOCATE ALL, a failed prefix)."""
+        self.ctx = self.ctx_keeping = state
 
     def internal(self, messages: bytes, on_done: Callable[[Pending], None] | None = None) -> bytes:
         """Queue the proxy's own exchange (which must end with Sync or a Query); return its bytes."""

@@ -13,7 +13,7 @@ back to the whole text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import pglast
 
@@ -26,8 +26,7 @@ BIND_UNNAMED = fe.bind("", ())
 EXECUTE_ALL = fe.execute()
 
 
-@dataclass(frozen=True, slots=True)
-class Translation:
+class Translation(NamedTuple):  # a tuple: built per distinct text on the hot path
     messages: bytes  # Parse/Bind/Describe/Execute per statement, no Sync
     offsets: tuple[int, ...] | None  # character offset of each statement, when there are several
     copy_in: bool  # the last statement is COPY FROM STDIN: the Sync must wait for the COPY to end
@@ -63,19 +62,19 @@ def _is_copy_in(sql: str) -> bool:
 
 def translate(raw: bytes) -> Translation:
     """Build the extended messages for the SQL of a simple Query (the guard has parsed it already)."""
-    sql, codec = decode_sql(raw)
     semicolons = raw.count(b";")
-    slices: tuple[slice, ...]
-    if semicolons == 0 or (semicolons == 1 and raw.rstrip().endswith(b";")):
-        slices = ()  # surely one statement (or a malformed one): no need to split
-    else:
+    slices: tuple[slice, ...] = ()
+    sql, codec = "", "utf-8"
+    if semicolons > 1 or (semicolons == 1 and not raw.rstrip().endswith(b";")):
+        sql, codec = decode_sql(raw)
         try:
             slices = pglast.split(sql, only_slices=True)
         except pglast.parser.ParseError:
             slices = ()
+    # else surely one statement (or a malformed one): no need to split
     if len(slices) <= 1:
         # The whole text as it came: error positions stay exact, an empty text gives EmptyQuery.
-        copy_in = b"copy" in raw.lower() and _is_copy_in(sql)
+        copy_in = b"copy" in raw.lower() and _is_copy_in(decode_sql(raw)[0])
         return Translation(_statement(raw), None, copy_in, False)
     parts = [sql[s] for s in slices]
     copies = ["copy" in p.lower() and _is_copy_in(p) for p in parts]

@@ -285,3 +285,35 @@ def test_node_postgres_pool_prisma_pattern(proxy: RunningProxy, tmp_path: Any) -
             "n": 3,
         }
     assert report["after"] == {"uid": "anon", "n": 2}
+
+
+def test_prefix_pipelined_inside_a_switched_transaction_keeps_the_switch(proxy: RunningProxy) -> None:
+    """One write, a Sync after every statement: the proxy cannot know the transaction is open when
+    it sends the prefix for the later batches, so that prefix must leave the in-band switch alone
+    (the context statement that keeps it) and the one after COMMIT must not."""
+    from rlsproxy.wire import frontend as fe
+    from tests.support.rawpg import RawConnection
+
+    def batch(sql: str, *params: str) -> bytes:
+        return fe.parse("", sql) + fe.bind("", params) + fe.execute() + fe.SYNC
+
+    who = "select coalesce(auth.uid()::text, 'anon') || '/' || current_user"
+    conn = RawConnection(
+        proxy.port, {"user": "app", "database": "app", "options": f"-c rlsproxy.jwt={token_for(ALICE)}"}
+    )
+    try:
+        conn.send(
+            batch("begin")
+            + batch("select set_config('rlsproxy.jwt', $1, true)", token_for(BOB))
+            + batch(who)
+            + batch(who)
+            + batch("commit")
+            + batch(who)
+        )
+        replies = conn.until_ready(6)
+    finally:
+        conn.close()
+    assert not [m for m in replies if m[0] == "E"], replies
+    rows = [body[6:].decode() for kind, body in replies if kind == "D"]
+    # The set_config row, then: Bob twice inside the transaction, Alice again after COMMIT.
+    assert rows[1:] == [f"{BOB}/authenticated", f"{BOB}/authenticated", f"{ALICE}/authenticated"]

@@ -1,0 +1,128 @@
+"""The guard's plain-text shortcut may only ever say "allow" where the full parse agrees."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlsproxy.session.guard import ALLOW, classify
+from rlsproxy.session.guard_fast import _plain_text_allows, plainly_allowed
+
+# Pieces of SQL that matter to the guard or to the scanner, glued together at random.
+_PIECES = [
+    "select",
+    "SELECT",
+    "insert into t values (1)",
+    "update t set a = 1",
+    "delete from t",
+    "with x as (select 1)",
+    "begin",
+    "commit",
+    "end",
+    "rollback",
+    "abort",
+    "start transaction",
+    "show work_mem",
+    "table t",
+    "values (1)",
+    "set",
+    "reset",
+    "role",
+    "set role x",
+    "set local role x",
+    "reset all",
+    "discard all",
+    "do",
+    "prepare p as",
+    "execute p",
+    "deallocate all",
+    "vacuum",
+    "analyze",
+    "create function f() returns int as",
+    "copy t from stdin",
+    "set_config",
+    "SET_CONFIG",
+    "set_config('role', 'x', true)",
+    "query_to_xml('set role x', true, true, '')",
+    "ts_stat('x')",
+    "prepared",
+    "commit prepared 'x'",
+    'U&"set\\005fconfig"',
+    "u&'x'",
+    "&",
+    "'",
+    "''",
+    '"',
+    "$1",
+    "$$",
+    "$a$",
+    "--",
+    "/*",
+    "*/",
+    ";",
+    " ; ",
+    "\n",
+    "\t",
+    "\xa0",
+    "é",
+    "_x",
+    "$",
+    "(",
+    ")",
+    ",",
+    "1",
+    "a",
+    "x",
+    "t",
+    " ",
+    "=",
+    "rlsproxy.jwt",
+    "current_setting('role')",
+    "pg_catalog.",
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=8).map(" ".join))
+def test_plain_text_allow_implies_the_full_guard_allows(sql: str) -> None:
+    if _plain_text_allows(sql):
+        verdict = classify(sql, fast=False)
+        # A syntax error is Postgres' to report (the server sees the same text): anything else must be ALLOW.
+        assert verdict == ALLOW or verdict.rule == "syntax", (sql, verdict)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=8).map("".join))
+def test_plain_text_allow_implies_the_full_guard_allows_unspaced(sql: str) -> None:
+    if _plain_text_allows(sql):
+        verdict = classify(sql, fast=False)
+        assert verdict == ALLOW or verdict.rule == "syntax", (sql, verdict)
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("SELECT abalance FROM pgbench_accounts WHERE aid = 48521;", True),
+        ("  update t set a = a + -1 where id = 3 ;  ", True),
+        ("set role postgres", False),  # leading word outside the fast set: full parse
+        ("select 1; set role postgres", None),  # several statements: ask the scanner
+        ("select 'a;b'", None),  # ';' inside a string still defers (the scanner knows better)
+        ("select pg_catalog.set_config('role', 'x', true)", None),
+        ("select 'set_config'", None),
+        ("commit prepared 'x'", None),
+        ('select U&"a"', None),
+        ("SELECT$1", None),  # one identifier to Postgres
+        ("SELECT_x", None),
+        ("SELECT\xa0x", None),  # non-ASCII continues an identifier
+        ("/* c */ select 1", None),
+        ("select 1\0", None),
+    ],
+)
+def test_plain_text_decisions(sql: str, expected: bool | None) -> None:
+    assert _plain_text_allows(sql) is expected
+
+
+def test_plain_text_and_scanner_agree_on_plain_dml() -> None:
+    for sql in ["select 'x;y' from t", "select 'set_config'", "SELECT 1 -- ; set role x"]:
+        assert plainly_allowed(sql) == (classify(sql, fast=False) == ALLOW)

@@ -1,0 +1,186 @@
+"""The sans-IO session machines on byte fixtures: what goes upstream, what the client sees.
+
+The integration tests run the same paths against a real Postgres; these pin the exact bytes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rlsproxy.errors import ProxyError
+from rlsproxy.session import context
+from rlsproxy.session.expected import CTX_PREPARED, CTX_UNKNOWN, CTX_UNPREPARED
+from rlsproxy.session.guard import Guard
+from rlsproxy.session.in_band import SET_CONFIG_SQL, payload
+from rlsproxy.session.relay import Classifier, Relay
+from rlsproxy.session.server import Chunks, ServerState
+from rlsproxy.session.simple import translate
+from rlsproxy.wire import backend as be
+from rlsproxy.wire import codes
+from rlsproxy.wire import frontend as fe
+
+ROLE, CLAIMS = "authenticated", '{"sub":"a"}'
+PREFIX = context.context_prefix(ROLE, CLAIMS)
+DESCRIBE_PORTAL = be.message(codes.DESCRIBE, b"P\0")
+
+PARSE_COMPLETE = be.message(codes.PARSE_COMPLETE, b"")
+BIND_COMPLETE = be.message(codes.BIND_COMPLETE, b"")
+CONTEXT_ROW = be.message(codes.DATA_ROW, b"\0\x02" + b"\0\0\0\x01r" + b"\0\0\0\x01c")
+SELECT_1 = be.message(codes.COMMAND_COMPLETE, b"SELECT 1\0")
+ROW_DESCRIPTION = be.message(
+    codes.ROW_DESCRIPTION, b"\0\x01x\0" + b"\0" * 6 + b"\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0"
+)
+ROW = be.message(codes.DATA_ROW, b"\0\x01\0\0\0\x011")
+READY_IDLE = be.ready_for_query(codes.TX_IDLE)
+READY_IN_TX = be.ready_for_query(codes.TX_IN_BLOCK)
+# What Postgres answers to the prefix: Bind, then the row of set_config values and its tag.
+PREFIX_REPLY = BIND_COMPLETE + CONTEXT_ROW + SELECT_1
+
+
+def make_relay(*, in_band: bool = False) -> tuple[Relay, ServerState]:
+    check = (lambda token: ("authenticated", '{"sub":"b"}')) if in_band else None
+    relay = Relay(PREFIX, Classifier(Guard(0)), max_message=1 << 20, in_band=check)
+    state = ServerState({}, 1, b"k")
+    state.ctx = CTX_PREPARED
+    relay.attach(state)
+    return relay, state
+
+
+def from_client(relay: Relay, data: bytes) -> tuple[bytes, bytes]:
+    to_server: Chunks = []
+    to_client: Chunks = []
+    relay.feed_client(data, to_server, to_client)
+    return b"".join(to_server), b"".join(to_client)
+
+
+def from_server(relay: Relay, data: bytes) -> tuple[bytes, bytes]:
+    to_client: Chunks = []
+    to_server: Chunks = []
+    relay.feed_server(data, to_client, to_server)
+    return b"".join(to_client), b"".join(to_server)
+
+
+def extended(sql: str, *params: str) -> bytes:
+    return fe.parse("", sql) + fe.bind("", params) + DESCRIBE_PORTAL + fe.execute() + fe.SYNC
+
+
+def test_extended_batch_goes_behind_the_prefix_unchanged() -> None:
+    relay, _ = make_relay()
+    batch = extended("select x from t where id = $1", "7")
+    upstream, to_client = from_client(relay, batch)
+    assert upstream == PREFIX.plain + batch
+    assert to_client == b""
+    reply = PARSE_COMPLETE + BIND_COMPLETE + ROW_DESCRIPTION + ROW + SELECT_1 + READY_IDLE
+    seen, back = from_server(relay, PREFIX_REPLY + reply)
+    assert seen == reply  # the prefix's replies swallowed, the client's forwarded as they came
+    assert back == b""
+    assert (relay.statements, relay.transactions) == (1, 1)
+
+
+def test_replies_split_anywhere_give_the_same_bytes() -> None:
+    relay, _ = make_relay()
+    from_client(relay, extended("select 1"))
+    stream = PREFIX_REPLY + PARSE_COMPLETE + BIND_COMPLETE + ROW_DESCRIPTION + ROW + SELECT_1 + READY_IDLE
+    seen = b""
+    for i in range(0, len(stream), 3):
+        seen += from_server(relay, stream[i : i + 3])[0]
+    assert seen == stream[len(PREFIX_REPLY) :]
+
+
+def test_no_prefix_inside_an_open_transaction() -> None:
+    relay, state = make_relay()
+    from_client(relay, extended("begin"))
+    from_server(relay, PREFIX_REPLY + PARSE_COMPLETE + BIND_COMPLETE + SELECT_1 + READY_IN_TX)
+    assert state.tx_status == codes.TX_IN_BLOCK
+    batch = extended("select 1")
+    assert from_client(relay, batch)[0] == batch
+
+
+def test_simple_query_is_translated_and_the_extra_replies_dropped() -> None:
+    relay, _ = make_relay()
+    sql = b"select 1"
+    upstream, _ = from_client(relay, fe.query(sql.decode()))
+    assert upstream == PREFIX.plain + translate(sql).messages + fe.SYNC
+    seen, _ = from_server(
+        relay, PREFIX_REPLY + PARSE_COMPLETE + BIND_COMPLETE + ROW_DESCRIPTION + ROW + SELECT_1 + READY_IDLE
+    )
+    assert seen == ROW_DESCRIPTION + ROW + SELECT_1 + READY_IDLE  # what a simple Query gets
+
+
+def test_context_statement_is_prepared_once_and_again_when_unsure() -> None:
+    relay, state = make_relay()
+    state.ctx = CTX_UNPREPARED
+    assert from_client(relay, extended("select 1"))[0].startswith(context.PLAIN.parse + PREFIX.plain)
+    from_server(relay, PARSE_COMPLETE + PREFIX_REPLY + PARSE_COMPLETE + BIND_COMPLETE + SELECT_1 + READY_IDLE)
+    assert from_client(relay, extended("select 1"))[0].startswith(PREFIX.plain)
+    state.forget_context()
+    assert (state.ctx, state.ctx_keeping) == (CTX_UNKNOWN, CTX_UNKNOWN)
+    upstream = from_client(relay, fe.SYNC + extended("select 1"))[0]
+    assert context.PLAIN.close + context.PLAIN.parse + PREFIX.plain in upstream
+
+
+def test_keeping_statement_only_behind_unanswered_messages_after_a_switch() -> None:
+    relay, state = make_relay(in_band=True)
+    state.ctx_keeping = CTX_PREPARED
+    # Before any switch: pipelined batches get the plain statement.
+    upstream, _ = from_client(relay, extended("select 1") + extended("select 2"))
+    assert upstream.count(PREFIX.plain) == 2 and PREFIX.keeping not in upstream
+    relay2, state2 = make_relay(in_band=True)
+    state2.ctx_keeping = CTX_PREPARED
+    upstream, _ = from_client(
+        relay2, extended("select set_config('rlsproxy.jwt', $1, true)", "token") + extended("select 2")
+    )
+    # The switch itself went behind the plain prefix (nothing was pending); the next batch is
+    # pipelined behind it, so its prefix is the one that keeps the switch.
+    assert upstream.index(PREFIX.plain) < upstream.index(PREFIX.keeping)
+    assert upstream.count(PREFIX.keeping) == 1
+
+
+def test_in_band_parse_and_bind_are_rewritten_with_the_verified_payload() -> None:
+    relay, _ = make_relay(in_band=True)
+    upstream, _ = from_client(relay, extended("select set_config('rlsproxy.jwt', $1, true)", "the-token"))
+    expected = (
+        PREFIX.plain
+        + fe.parse("", SET_CONFIG_SQL)  # no type declared by the client: none declared for it
+        + fe.bind("", (payload("authenticated", '{"sub":"b"}', "the-token"),))
+        + DESCRIBE_PORTAL
+        + fe.execute()
+        + fe.SYNC
+    )
+    assert upstream == expected
+    assert b"set_config('rlsproxy.jwt'" not in upstream  # the client's statement never runs
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        be.message(codes.BIND, b"\0rlsproxy_ctx\0\0\0\0\0\0\0"),
+        be.message(codes.DESCRIBE, b"Srlsproxy_ctx\0"),
+        be.message(codes.CLOSE, b"SRLSPROXY_CTX\0"),
+        fe.parse("rlsproxy_mine", "select 1"),
+    ],
+)
+def test_reserved_statement_names_are_refused(message: bytes) -> None:
+    relay, _ = make_relay()
+    upstream, _ = from_client(relay, message + fe.SYNC)
+    assert context.REFUSAL_PARSE in upstream  # a placeholder that fails, so Postgres skips to Sync
+    assert b"rlsproxy_ctx\0\0" not in upstream.split(context.REFUSAL_PARSE)[1]
+    error = be.message(
+        codes.ERROR_RESPONSE, b'SERROR\0C42601\0Msyntax error at or near "RLSPROXY_REFUSED"\0\0'
+    )
+    seen, _ = from_server(relay, error + READY_IDLE)  # a refusal opens its batch without a prefix
+    fields = be.parse_fields(seen[5 : 1 + int.from_bytes(seen[1:5], "big")])
+    assert fields["C"] == "42501" and "reserved" in fields["M"]
+    assert seen.endswith(READY_IDLE)
+
+
+def test_refused_parse_is_replaced_and_reported() -> None:
+    relay, _ = make_relay()
+    upstream, _ = from_client(relay, extended("set role postgres"))
+    assert context.REFUSAL_PARSE in upstream and b"set role" not in upstream
+
+
+def test_malformed_length_is_a_protocol_violation() -> None:
+    relay, _ = make_relay()
+    with pytest.raises(ProxyError):
+        from_client(relay, b"P\x00\x00\x00\x02")
