@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 from rlsproxy.config import PoolConfig, UpstreamConfig
@@ -28,6 +29,9 @@ from rlsproxy.wire.startup import build_ssl_request
 log = logging.getLogger("rlsproxy.pool")
 
 UPSTREAM_PARAMS = {"application_name": "rlsproxy", "client_encoding": "UTF8"}
+ROLLBACK = fe.query("ROLLBACK")
+DISCARD_ALL = fe.query("DISCARD ALL")
+RESET_TIMEOUT_S = 10.0  # a released connection whose reset does not answer within this is closed
 SET_CONFIG_SQL = "SELECT set_config($1, $2, false)"
 
 
@@ -49,6 +53,7 @@ class ServerConnection(asyncio.Protocol):
         self.listener: ServerListener | None = None
         self.closed = False
         self.idle_since = time.monotonic()
+        self.held = b""
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio callbacks -------------------------------------------------------------------------
@@ -112,9 +117,16 @@ class ServerConnection(asyncio.Protocol):
 
     # helpers ----------------------------------------------------------------------------------
     def write(self, chunks: Sequence[bytes | memoryview]) -> None:
-        if self.transport is not None and not self.closed:
+        if self.held:  # see hold()
+            chunks = [self.held, *chunks]
+            self.held = b""
+        if self.transport is not None and not self.closed and chunks:
             # One buffer, one send: several small writes may each reach the socket (and wake Postgres).
             self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def hold(self, messages: bytes) -> None:
+        """Send `messages` ahead of the next write (one send where there would be two)."""
+        self.held += messages
 
     def close(self) -> None:
         self.closed = True
@@ -135,7 +147,7 @@ class ServerConnection(asyncio.Protocol):
         self.write([self.state.internal(messages, finish)])
         return await asyncio.wait_for(done, timeout)
 
-    async def apply_settings(self, settings: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    async def apply_settings(self, settings: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
         """Set the client's startup settings at session level; values travel as bind parameters."""
         messages = settings_messages(settings)
         if not messages:
@@ -162,7 +174,8 @@ class _SslNegotiation(asyncio.Protocol):
             self.answer.set_exception(ConnectionResetError("upstream closed the connection after SSLRequest"))
 
 
-def settings_messages(settings: Iterable[tuple[str, str]]) -> bytes:
+@functools.lru_cache(maxsize=1024)  # clients of one app send the same few settings on every connect
+def settings_messages(settings: tuple[tuple[str, str], ...]) -> bytes:
     """One exchange (ending with Sync) that sets each (name, value) at session level, or b"" for none."""
     body = b"".join(
         fe.parse("", SET_CONFIG_SQL) + fe.bind("", (name, value)) + fe.execute() for name, value in settings
@@ -215,6 +228,15 @@ class Pool:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    def try_acquire(self) -> ServerConnection | None:
+        """An idle connection now, or None (then acquire() waits or connects)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                self._in_use.add(conn)
+                return conn
+        return None
 
     async def acquire(self) -> ServerConnection:
         deadline = time.monotonic() + self._cfg.acquire_timeout_ms / 1000
@@ -340,35 +362,60 @@ class Pool:
                 waiter.set_result(None)
                 return
 
-    async def release(self, conn: ServerConnection, *, reusable: bool) -> None:
-        """Give a connection back after a clean reset, or close it."""
+    def release(self, conn: ServerConnection, *, reusable: bool) -> None:
+        """Give a connection back: reset it and put it back in the pool, or close it.
+
+        The reset (ROLLBACK when a transaction is open, then DISCARD ALL) is written now and ends
+        in _reset_done when its last ReadyForQuery arrives: no task per released connection.
+        """
         self._in_use.discard(conn)
         conn.listener = None
-        self._resetting.add(conn)
-        try:
-            if reusable and not self.closing and await self._reset(conn):
-                conn.idle_since = time.monotonic()
-                self._idle.append(conn)
-                return
-            conn.close()
-        finally:
-            self._resetting.discard(conn)
-            self._wake()
-
-    async def _reset(self, conn: ServerConnection) -> bool:
         state = conn.state
-        if conn.closed or state is None or state.pending:
-            return False
-        try:
-            if state.tx_status != codes.TX_IDLE:
-                await conn.exchange(fe.query("ROLLBACK"))
-            entry = await conn.exchange(fe.query("DISCARD ALL"))
-        except (TimeoutError, ConnectionError):
-            return False
-        if entry.errors or conn.closed or state.tx_status != codes.TX_IDLE:
-            return False
-        state.forget_context(CTX_UNPREPARED)
-        return True
+        if not reusable or self.closing or conn.closed or state is None or state.pending:
+            conn.close()
+            self._wake()
+            return
+        self._resetting.add(conn)
+        errors: list[dict[str, str]] = []
+        messages = []
+        if state.tx_status != codes.TX_IDLE:
+            messages.append(state.internal(ROLLBACK, lambda entry: errors.extend(entry.errors)))
+        timer = asyncio.get_running_loop().call_later(RESET_TIMEOUT_S, self._reset_done, conn, None, errors)
+        messages.append(
+            state.internal(DISCARD_ALL, lambda entry: self._reset_done(conn, entry, errors, timer))
+        )
+        conn.write(messages)
+
+    def _reset_done(
+        self,
+        conn: ServerConnection,
+        entry: Pending | None,
+        errors: list[dict[str, str]],
+        timer: asyncio.TimerHandle | None = None,
+    ) -> None:
+        """The reset's end (`entry`), or its timeout (None): only a clean reset makes it reusable."""
+        if timer is not None:
+            timer.cancel()
+        if conn not in self._resetting:
+            return  # already ended (a reply after the timeout)
+        self._resetting.discard(conn)
+        state = conn.state
+        clean = (
+            entry is not None
+            and not errors
+            and not entry.errors
+            and not conn.closed
+            and state is not None
+            and not state.pending
+            and state.tx_status == codes.TX_IDLE
+        )
+        if clean and not self.closing and state is not None:
+            state.forget_context(CTX_UNPREPARED)
+            conn.idle_since = time.monotonic()
+            self._idle.append(conn)
+        else:
+            conn.close()
+        self._wake()
 
     def reap_idle(self) -> None:
         """Close connections idle for longer than pool.idle_timeout_s (and dead ones)."""

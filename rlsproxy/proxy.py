@@ -10,7 +10,6 @@ import logging
 import secrets
 import ssl
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,6 +28,7 @@ from rlsproxy.pool import Pool
 from rlsproxy.session.guard import Guard
 from rlsproxy.session.relay import Classifier
 from rlsproxy.tls import server_context
+from rlsproxy.wire import backend as be
 from rlsproxy.wire import sqlstate
 from rlsproxy.wire.startup import CancelRequest, build_cancel_request
 
@@ -42,6 +42,18 @@ _RESTART_SECTIONS = ("listen", "upstream", "pool", "http", "limits")
 READINESS_LOGIN_TIMEOUT_S = 1.0
 # Distinct startup-settings combinations whose greeting is remembered (apps send the same few).
 MAX_GREETINGS = 256
+
+
+class Greeting:
+    """The ParameterStatus values a client is greeted with, and those messages built once."""
+
+    __slots__ = ("messages", "params")
+
+    def __init__(self, params: dict[str, str]) -> None:
+        self.params = dict(params)
+        self.messages = b"".join(be.parameter_status(k, v) for k, v in self.params.items())
+
+
 DRAIN_POLL_S = 0.05
 ADMIN_SHUTDOWN_MESSAGE = "terminating connection due to administrator command"
 
@@ -96,10 +108,8 @@ class Proxy:
         self.clients: dict[int, ClientConnection] = {}  # by the pid we handed out
         # (pool name, client startup settings) -> the ParameterStatus values a server reported for
         # them: lets a client be greeted before it gets a server connection (see server.py _begin).
-        self.greeting_params: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], dict[str, str]] = (
-            OrderedDict()
-        )
-        self.handshakes: weakref.WeakSet[ClientConnection] = weakref.WeakSet()  # see in_handshake
+        self.greetings: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], Greeting] = OrderedDict()
+        self.handshakes: set[ClientConnection] = set()  # between accept and greeting (see drain)
         self.draining = (
             False  # SIGTERM: no new sessions, readiness fails, sessions end with their transaction
         )
@@ -132,10 +142,13 @@ class Proxy:
     def _remote_keys(self) -> RemoteKeys | None:
         return self.jwks.keys if self.jwks is not None else None
 
-    def remember_greeting(self, key: tuple[str, tuple[tuple[str, str], ...]], params: dict[str, str]) -> None:
-        if key not in self.greeting_params and len(self.greeting_params) >= MAX_GREETINGS:
-            self.greeting_params.popitem(last=False)
-        self.greeting_params[key] = dict(params)
+    def remember_greeting(
+        self, key: tuple[str, tuple[tuple[str, str], ...]], params: dict[str, str]
+    ) -> Greeting:
+        if key not in self.greetings and len(self.greetings) >= MAX_GREETINGS:
+            self.greetings.popitem(last=False)
+        greeting = self.greetings[key] = Greeting(params)
+        return greeting
 
     def pool_for(self, identity: Identity) -> Pool:
         if identity.service is not None and self.service_pool is not None:

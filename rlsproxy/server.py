@@ -20,6 +20,7 @@ from rlsproxy.auth.startup import ClientStartup, read_startup
 from rlsproxy.bypass import BypassTrail, record_denied
 from rlsproxy.errors import AuthError, ProtocolViolation, ProxyError
 from rlsproxy.pool import ServerConnection, settings_messages
+from rlsproxy.proxy import Greeting
 from rlsproxy.session import context
 from rlsproxy.session.expected import Pending
 from rlsproxy.session.relay import Relay
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from rlsproxy.proxy import Proxy
 
 log = logging.getLogger("rlsproxy.server")
+READY = be.ready_for_query(codes.TX_IDLE)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -96,7 +98,11 @@ class ClientConnection(asyncio.Protocol):
             self._inbox += data
             if not self._attaching:
                 self._attaching = True
-                self.proxy.spawn(self._attach_later())
+                server = self._idle_server()
+                if server is not None:
+                    self._attached(server)  # no task: a connection was waiting in the pool
+                else:
+                    self.proxy.spawn(self._attach_later())
             return
         to_server: Chunks = []
         to_client: Chunks = []
@@ -212,7 +218,7 @@ class ClientConnection(asyncio.Protocol):
             if relay is not None:
                 relay.detach()
             pool = self.proxy.pool_for(self.identity) if self.identity is not None else self.proxy.pool
-            self.proxy.spawn(pool.release(server, reusable=reusable))
+            pool.release(server, reusable=reusable)
 
     # handshake --------------------------------------------------------------------------------
     async def _read(self, need: int) -> None:
@@ -228,12 +234,12 @@ class ClientConnection(asyncio.Protocol):
         why = "client went away"
         try:
             # asyncio.timeout, not wait_for: no extra task per step of every connection's startup.
+            # One deadline for the startup packet and the credentials (a password prompt included).
             async with asyncio.timeout(timeout):
                 startup = await self._read_startup()
-            if startup is None:
-                outcome = None  # a cancel request is not a client session
-                return
-            async with asyncio.timeout(timeout):
+                if startup is None:
+                    outcome = None  # a cancel request is not a client session
+                    return
                 client, token = await self._credentials(startup)
             await self._begin(client, token)
             outcome = "ok"
@@ -261,6 +267,7 @@ class ClientConnection(asyncio.Protocol):
             log.exception("bug during client startup")
             self.abort(sqlstate.INTERNAL_ERROR, "rlsproxy internal error during startup")
         finally:
+            self.proxy.handshakes.discard(self)
             if outcome is not None:
                 self.metrics.connection_outcome(outcome)
                 if outcome != "ok":  # the successful ones are logged by _begin, with the identity
@@ -440,19 +447,16 @@ class ClientConnection(asyncio.Protocol):
         # The server connection is attached when the client first sends something, so idle clients
         # hold none (as PgBouncer does). The greeting's ParameterStatus values are those a server
         # reported for the same startup settings; the first client with new settings attaches now.
-        params = proxy.greeting_params.get((proxy.pool_for(identity).name, client.settings))
-        if params is None:
+        greeting = proxy.greetings.get((proxy.pool_for(identity).name, client.settings))
+        if greeting is None:
             await self._attach_server()
             assert self.server is not None and self.server.state is not None
-            params = dict(self.server.state.params)
+            greeting = Greeting(self.server.state.params)
         assert self.transport is not None
-        self._greeted = params
+        self._greeted = greeting.params
         self.key_pid, self.key_secret = proxy.new_key(self)
         if identity.service is not None:
             self._start_trail(identity)
-        greeting = [be.AUTHENTICATION_OK]
-        greeting += [be.parameter_status(k, v) for k, v in params.items()]
-        greeting += [be.backend_key_data(self.key_pid, self.key_secret), be.ready_for_query(codes.TX_IDLE)]
         relay = Relay(
             context.context_prefix(identity.role, identity.claims_json),
             proxy.classifier,
@@ -467,7 +471,14 @@ class ClientConnection(asyncio.Protocol):
         if self.server is not None and self.server.state is not None:
             relay.attach(self.server.state)
             self.server.listener = self
-        self._write(greeting)
+        self._write(
+            [
+                be.AUTHENTICATION_OK,
+                greeting.messages,
+                be.backend_key_data(self.key_pid, self.key_secret),
+                READY,
+            ]
+        )
         log.info(
             "client connected",
             extra={"peer": self._peer, "role": identity.role, "anonymous": identity.anonymous},
@@ -490,13 +501,11 @@ class ClientConnection(asyncio.Protocol):
         server = await pool.acquire()
         self.metrics.pool_acquired(pool.name, time.perf_counter() - waited)
         if self._closed:  # the client left while we waited for the pool
-            proxy.spawn(pool.release(server, reusable=True))
+            pool.release(server, reusable=True)
             raise ConnectionError("client went away")
         self.server = server
         if settings_known_good:
-            messages = settings_messages(self._settings)
-            if messages and server.state is not None:
-                server.write([server.state.internal(messages, self._settings_applied)])
+            self._pipeline_settings(server)
             return
         errors = await server.apply_settings(self._settings)
         if self._closed:  # the client left meanwhile; _finish already gave the connection back
@@ -507,14 +516,30 @@ class ClientConnection(asyncio.Protocol):
         assert server.state is not None
         proxy.remember_greeting((pool.name, self._settings), server.state.params)
 
+    def _pipeline_settings(self, server: ServerConnection) -> None:
+        """Settings a server accepted before go ahead of the client's first messages, in one send."""
+        messages = settings_messages(self._settings)
+        if messages and server.state is not None:
+            server.hold(server.state.internal(messages, self._settings_applied))
+
     def _settings_applied(self, entry: Pending) -> None:
         """A pipelined settings exchange is done; the server refusing settings it took before is a fault."""
         if entry.errors:
             first = entry.errors[0]
             self.abort(first.get("C", sqlstate.INTERNAL_ERROR), first.get("M", "invalid setting"))
 
+    def _idle_server(self) -> ServerConnection | None:
+        assert self.identity is not None
+        pool = self.proxy.pool_for(self.identity)
+        server = pool.try_acquire()
+        if server is not None:
+            self.metrics.pool_acquired(pool.name, 0.0)
+            self.server = server
+            self._pipeline_settings(server)
+        return server
+
     async def _attach_later(self) -> None:
-        """The client's first message after an idle greeting: attach a server, then relay what came."""
+        """The client's first message after an idle greeting, and no idle server: wait for one."""
         transport = self.transport
         assert transport is not None and self.relay is not None
         transport.pause_reading()  # nothing more to buffer until the session can relay it
@@ -529,8 +554,14 @@ class ClientConnection(asyncio.Protocol):
             log.exception("bug while attaching a server connection")
             self.abort(sqlstate.INTERNAL_ERROR, "rlsproxy internal error")
             return
-        server, relay = self.server, self.relay
-        if self._closed or server is None or server.state is None or relay is None:
+        transport.resume_reading()
+        if self.server is not None:
+            self._attached(self.server)
+
+    def _attached(self, server: ServerConnection) -> None:
+        """A server is ours (its settings pipelined): tell the client what changed, relay what came."""
+        relay = self.relay
+        if self._closed or server.state is None or relay is None:
             return
         # Values the greeting could not know (a server restarted with another version, say).
         own = {name.lower() for name, _ in self._settings}  # reported after the pipelined settings
@@ -543,7 +574,6 @@ class ClientConnection(asyncio.Protocol):
             self._write(changed)
         relay.attach(server.state)
         server.listener = self
-        transport.resume_reading()
         pending, self._inbox = self._inbox, b""
         self.bytes_in -= len(pending)  # counted when it arrived
         self.data_received(pending)

@@ -64,6 +64,8 @@ def _fatal(message: str, code: str, hint: str | None = None) -> ProxyError:
 
 def _split_words(options: str) -> list[str]:
     """Postgres' pg_split_opts: whitespace separates words, a backslash takes the next char literally."""
+    if "\\" not in options:
+        return options.split()  # the same words (str.split and str.isspace agree on whitespace)
     words: list[str] = []
     current: list[str] = []
     in_word = False

@@ -8,6 +8,7 @@ the login role, which has no privileges of its own: a missing context fails clos
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 from rlsproxy.wire import codes
@@ -66,6 +67,7 @@ REFUSAL_QUERY = fe.query(REFUSAL_MARKER)
 REFUSAL_PARSE = fe.parse("", REFUSAL_MARKER)
 
 
+@functools.lru_cache(maxsize=4096)  # reconnecting clients of one identity share their prefix
 def context_prefix(role: str, claims_json: str) -> Prefix:
     params = (role, claims_json)
     return Prefix(
