@@ -18,7 +18,7 @@ from bench.churn import run_churn
 from bench.idle import run_idle
 from bench.pgbench import run_pgbench
 from bench.result import RunResult
-from bench.stack import ALL_TARGETS, DIRECT, PGB_SESSION, PGB_TX, RLSPROXY, Login, Stack
+from bench.stack import ALL_TARGETS, BARE_RELAY, DIRECT, PGB_SESSION, PGB_TX, RLSPROXY, Login, Stack
 from rlsproxy.devcluster import ALICE
 
 Runner = Callable[[Stack, str, float], RunResult]
@@ -49,11 +49,13 @@ def pgbench_runner(
 
 def select_only(stack: Stack) -> list[Variant]:
     """pgbench -S at 8 and 32 clients in each query mode. PgBouncer 1.18 cannot keep prepared
-    statements across transactions in transaction mode, so -M prepared skips pgb-tx."""
+    statements across transactions in transaction mode, so -M prepared skips pgb-tx. The bare
+    relay shows what the Python runtime alone costs."""
     variants = []
     for clients in (8, 32):
         for mode in ("simple", "extended", "prepared"):
             targets = ALL_TARGETS if mode != "prepared" else (DIRECT, PGB_SESSION, RLSPROXY)
+            targets = (*targets, BARE_RELAY)
             args = ["-S", "-c", str(clients), "-j", "2", "-M", mode]
             variants.append(
                 Variant(
@@ -66,7 +68,7 @@ def select_only(stack: Stack) -> list[Variant]:
 def tpcb(stack: Stack) -> list[Variant]:
     args = ["-c", "8", "-j", "2", "-M", "simple"]
     runner = pgbench_runner(args, prepare=lambda s: cluster.reset_tpcb(s.pg))
-    return [Variant("tpcb", "c8 simple", "tps", stack.available(ALL_TARGETS), runner)]
+    return [Variant("tpcb", "c8 simple", "tps", stack.available((*ALL_TARGETS, BARE_RELAY)), runner)]
 
 
 def rls(stack: Stack) -> list[Variant]:

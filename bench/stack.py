@@ -5,6 +5,7 @@ A target is one way of reaching the same database:
   pgb-session  PgBouncer, session pooling
   pgb-tx       PgBouncer, transaction pooling
   rlsproxy     rlsproxy (session pooling; every transaction runs as the token's identity)
+  bare-relay   bench/bare_relay.py: bytes copied by uvloop, nothing else (the floor for Python)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from bench.bare_relay import RelayProcess
 from bench.cluster import clean_env, start_cluster
 from bench.pgbouncer import INSTALL_HINT, POOL_SIZE, PgBouncerProcess, find_pgbouncer
 from bench.proxy import JWT_SECRET, POOL_MAX_SIZE, ProxyProcess
@@ -23,6 +25,7 @@ from rlsproxy.auth.mint import mint_token
 from rlsproxy.devcluster import ALICE, AUTHENTICATOR_PASSWORD, DevCluster
 
 DIRECT, PGB_SESSION, PGB_TX, RLSPROXY = "direct", "pgb-session", "pgb-tx", "rlsproxy"
+BARE_RELAY = "bare-relay"
 Say = Callable[[str], None]  # progress output
 
 ALL_TARGETS = (DIRECT, PGB_SESSION, PGB_TX, RLSPROXY)
@@ -58,17 +61,23 @@ class Stack:
     """The cluster, rlsproxy and (when installed) PgBouncer."""
 
     def __init__(
-        self, pg: DevCluster, proxy: ProxyProcess, pgbouncer: PgBouncerProcess | None, workdir: Path
+        self,
+        pg: DevCluster,
+        proxy: ProxyProcess,
+        pgbouncer: PgBouncerProcess | None,
+        workdir: Path,
+        relay: RelayProcess,
     ) -> None:
         self.pg = pg
         self.workdir = workdir  # scratch space for scripts, removed with the stack
         self.proxy = proxy
         self.pgbouncer = pgbouncer
+        self.relay = relay
         self.token = alice_token()
 
     @property
     def targets(self) -> tuple[str, ...]:
-        return ALL_TARGETS if self.pgbouncer is not None else (DIRECT, RLSPROXY)
+        return (*ALL_TARGETS, BARE_RELAY) if self.pgbouncer is not None else (DIRECT, RLSPROXY, BARE_RELAY)
 
     def available(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(t for t in wanted if t in self.targets)
@@ -80,6 +89,9 @@ class Stack:
                 env["PGPASSWORD"] = AUTHENTICATOR_PASSWORD
                 return Endpoint(target, self.pg.host, self.pg.port, "app", "authenticator", env)
             return Endpoint(target, self.pg.host, self.pg.port, "app", "postgres", env)
+        if target == BARE_RELAY:  # to Postgres as direct does, through the relay
+            relay = self.relay
+            return Endpoint(target, relay.host, relay.port, "app", "postgres", env, relay.pid)
         if target == RLSPROXY:
             # The user name is ignored by the proxy: the token decides who the client is.
             env["PGOPTIONS"] = f"-c rlsproxy.jwt={self.token}"
@@ -111,9 +123,11 @@ def running_stack(say: Say) -> Iterator[Stack]:
             try:
                 say(f"rlsproxy pid {proxy.pid} on {proxy.host}:{proxy.port}")
                 bouncer = _start_pgbouncer(pg, _subdir(workdir, "pgbouncer"), say)
+                relay = RelayProcess(pg.host, pg.port, _subdir(workdir, "relay"))
                 try:
-                    yield Stack(pg, proxy, bouncer, _subdir(workdir, "scratch"))
+                    yield Stack(pg, proxy, bouncer, _subdir(workdir, "scratch"), relay)
                 finally:
+                    relay.stop()
                     if bouncer is not None:
                         bouncer.stop()
             finally:

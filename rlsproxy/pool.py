@@ -84,6 +84,8 @@ class ServerConnection(asyncio.Protocol):
             self._ready.set_exception(UpstreamUnavailable("upstream closed the connection during login"))
         if self.listener is not None:
             self.listener.server_lost()
+        elif self.state is not None:
+            self.state.lost()  # a reset or settings exchange in flight ends now, not at its timeout
 
     def pause_writing(self) -> None:
         if self.listener is not None:

@@ -42,6 +42,7 @@ _RESTART_SECTIONS = ("listen", "upstream", "pool", "http", "limits")
 READINESS_LOGIN_TIMEOUT_S = 1.0
 # Distinct startup-settings combinations whose greeting is remembered (apps send the same few).
 MAX_GREETINGS = 256
+GreetingKey = tuple[str, tuple[tuple[str, str], ...]]  # (pool name, the client's startup settings)
 
 
 class Greeting:
@@ -108,7 +109,8 @@ class Proxy:
         self.clients: dict[int, ClientConnection] = {}  # by the pid we handed out
         # (pool name, client startup settings) -> the ParameterStatus values a server reported for
         # them: lets a client be greeted before it gets a server connection (see server.py _begin).
-        self.greetings: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], Greeting] = OrderedDict()
+        self.greetings: OrderedDict[GreetingKey, Greeting] = OrderedDict()
+        self.greetings_learning: dict[GreetingKey, asyncio.Future[None]] = {}  # see _learned_greeting
         self.handshakes: set[ClientConnection] = set()  # between accept and greeting (see drain)
         self.draining = (
             False  # SIGTERM: no new sessions, readiness fails, sessions end with their transaction
@@ -142,13 +144,10 @@ class Proxy:
     def _remote_keys(self) -> RemoteKeys | None:
         return self.jwks.keys if self.jwks is not None else None
 
-    def remember_greeting(
-        self, key: tuple[str, tuple[tuple[str, str], ...]], params: dict[str, str]
-    ) -> Greeting:
+    def remember_greeting(self, key: GreetingKey, params: dict[str, str]) -> None:
         if key not in self.greetings and len(self.greetings) >= MAX_GREETINGS:
             self.greetings.popitem(last=False)
-        greeting = self.greetings[key] = Greeting(params)
-        return greeting
+        self.greetings[key] = Greeting(params)
 
     def pool_for(self, identity: Identity) -> Pool:
         if identity.service is not None and self.service_pool is not None:

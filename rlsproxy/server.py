@@ -20,7 +20,7 @@ from rlsproxy.auth.startup import ClientStartup, read_startup
 from rlsproxy.bypass import BypassTrail, record_denied
 from rlsproxy.errors import AuthError, ProtocolViolation, ProxyError
 from rlsproxy.pool import ServerConnection, settings_messages
-from rlsproxy.proxy import Greeting
+from rlsproxy.proxy import Greeting, GreetingKey
 from rlsproxy.session import context
 from rlsproxy.session.expected import Pending
 from rlsproxy.session.relay import Relay
@@ -447,9 +447,10 @@ class ClientConnection(asyncio.Protocol):
         # The server connection is attached when the client first sends something, so idle clients
         # hold none (as PgBouncer does). The greeting's ParameterStatus values are those a server
         # reported for the same startup settings; the first client with new settings attaches now.
-        greeting = proxy.greetings.get((proxy.pool_for(identity).name, client.settings))
+        key = (proxy.pool_for(identity).name, client.settings)
+        greeting = proxy.greetings.get(key) or await self._learned_greeting(key)
         if greeting is None:
-            await self._attach_server()
+            await self._learn_greeting(key)
             assert self.server is not None and self.server.state is not None
             greeting = Greeting(self.server.state.params)
         assert self.transport is not None
@@ -487,6 +488,30 @@ class ClientConnection(asyncio.Protocol):
             pending, self._inbox = self._inbox, b""
             self.bytes_in -= len(pending)  # counted when it arrived
             self.data_received(pending)
+
+    async def _learned_greeting(self, key: GreetingKey) -> Greeting | None:
+        """Wait while another client learns the greeting for these settings; None: learn it here.
+
+        Without this, every client arriving before the first one's server answered would attach
+        (and, idle, keep) a server connection of its own: a burst of new clients could pin the pool.
+        """
+        proxy = self.proxy
+        while (learning := proxy.greetings_learning.get(key)) is not None:
+            await learning
+            if (greeting := proxy.greetings.get(key)) is not None:
+                return greeting
+        return None  # nobody is learning it (or the one who was failed): this client learns it
+
+    async def _learn_greeting(self, key: GreetingKey) -> None:
+        proxy = self.proxy
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        proxy.greetings_learning[key] = done
+        try:
+            await self._attach_server()
+        finally:
+            if proxy.greetings_learning.get(key) is done:
+                del proxy.greetings_learning[key]
+            done.set_result(None)
 
     async def _attach_server(self, *, settings_known_good: bool = False) -> None:
         """Acquire a server connection for this session and give it the client's startup settings.

@@ -170,6 +170,14 @@ class ServerState:
         elif not batch.closed:  # if a Query ends it later, the relay adds the Sync
             batch.prefix_failed = True
 
+    def lost(self) -> None:
+        """The connection is gone: the proxy's own exchanges still owed end with an error."""
+        pending, self.pending = self.pending, deque()
+        for entry in pending:
+            if entry.kind == INTERNAL and entry.on_done is not None:
+                entry.errors.append({"C": sqlstate.CONNECTION_FAILURE, "M": "upstream connection lost"})
+                entry.on_done(entry)
+
     def _note_parameter(self, body: bytes) -> None:
         name, value = be.parse_parameter_status(body)
         self.params[name] = value

@@ -214,3 +214,43 @@ def test_connect_and_leave_takes_no_server_connection(make_proxy: Any) -> None:
         time.sleep(0.2)
         assert proxy.proxy.pool.waiting == 0
         assert proxy.proxy.pool.size == 1
+
+
+def test_burst_of_clients_with_new_settings_pins_one_server(make_proxy: Any) -> None:
+    """Clients whose startup settings no server has answered yet wait for the first one to learn the
+    greeting, instead of each attaching (and, idle, keeping) a server connection of their own."""
+    import asyncio
+
+    import asyncpg
+
+    proxy = make_proxy(pool=PoolConfig(max_size=3, acquire_timeout_ms=2000))
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                asyncpg.connect(
+                    host="127.0.0.1",
+                    port=proxy.port,
+                    user="app",
+                    database="app",
+                    server_settings={"rlsproxy.jwt": token_for(ALICE), "application_name": "burst-new"},
+                    ssl=False,
+                )
+                for _ in range(30)
+            )
+        )
+
+    async def run() -> None:
+        clients = await burst()
+        try:
+            assert proxy.proxy.pool.in_use_count <= 1  # only the one that learned the greeting
+            # Every idle client may still query: the pool was not pinned by the burst.
+            for client in clients[:6]:
+                assert await client.fetchval("select auth.uid()::text") == ALICE
+                await client.close()
+        finally:
+            for client in clients:
+                if not client.is_closed():
+                    await client.close()
+
+    asyncio.run(run())

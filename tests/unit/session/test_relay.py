@@ -184,3 +184,24 @@ def test_malformed_length_is_a_protocol_violation() -> None:
     relay, _ = make_relay()
     with pytest.raises(ProxyError):
         from_client(relay, b"P\x00\x00\x00\x02")
+
+
+def test_lost_connection_ends_the_proxys_own_exchanges_with_an_error() -> None:
+    state = ServerState({}, 1, b"k")
+    ended: list[list[dict[str, str]]] = []
+    state.internal(fe.query("DISCARD ALL"), lambda entry: ended.append(entry.errors))
+    state.lost()
+    assert ended == [[{"C": "08006", "M": "upstream connection lost"}]]
+    assert not state.pending
+
+
+def test_internal_exchange_replies_are_swallowed_and_end_it() -> None:
+    relay, state = make_relay()
+    ended: list[int] = []
+    upstream = state.internal(fe.query("DISCARD ALL"), lambda entry: ended.append(len(entry.errors)))
+    assert upstream == fe.query("DISCARD ALL")
+    status = be.parameter_status("application_name", "x")
+    seen, _ = from_server(relay, status + be.message(codes.COMMAND_COMPLETE, b"DISCARD ALL\0") + READY_IDLE)
+    # ParameterStatus belongs to the client whoever caused it (a startup setting, say), and is noted.
+    assert seen == status and ended == [0]
+    assert state.params["application_name"] == "x"
