@@ -10,14 +10,13 @@ costs (uvloop callbacks, the socket calls); rlsproxy's CPU above it is rlsproxy'
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from pathlib import Path
 from typing import cast
 
 import uvloop
 
-from bench.ports import free_port, stop_process, wait_for_port
+from bench.ports import free_port, start_logged, stop_process
 
 HOST = "127.0.0.1"
 
@@ -82,18 +81,8 @@ class RelayProcess:
         self.host = HOST
         self.port = free_port(HOST)
         self.log_path = workdir / "bare_relay.log"
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.bare_relay", str(self.port), upstream_host, str(upstream_port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_for_port(self.host, self.port, self.proc, self.log_path, timeout_s=30)
-        except BaseException:
-            self.stop()
-            raise
+        argv = [sys.executable, "-m", "bench.bare_relay", str(self.port), upstream_host, str(upstream_port)]
+        self.proc = start_logged(argv, self.log_path, self.host, self.port)
 
     @property
     def pid(self) -> int:

@@ -7,13 +7,12 @@ from /proc on their own and the benchmark's Python does not share its interprete
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from bench.ports import free_port, stop_process, wait_for_port
+from bench.ports import free_port, start_logged, stop_process
 from rlsproxy.devcluster import AUTHENTICATOR_PASSWORD, DevCluster
 
 # HS256 needs at least 32 bytes of secret; this one only ever signs tokens for the throwaway cluster.
@@ -34,18 +33,8 @@ class ProxyProcess:
         self.log_path = workdir / "rlsproxy.log"
         self.config_path.write_text(yaml.safe_dump(self._config(pg), sort_keys=False))
         self.config_path.chmod(0o600)  # it holds the upstream password and the JWT secret
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rlsproxy", "serve", "--config", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_for_port(self.host, self.port, self.proc, self.log_path, timeout_s=30)
-        except BaseException:
-            self.stop()
-            raise
+        argv = [sys.executable, "-m", "rlsproxy", "serve", "--config", str(self.config_path)]
+        self.proc = start_logged(argv, self.log_path, self.host, self.port)
 
     def _config(self, pg: DevCluster) -> dict[str, object]:
         return {

@@ -243,11 +243,9 @@ class Pool:
     async def acquire(self) -> ServerConnection:
         deadline = time.monotonic() + self._cfg.acquire_timeout_ms / 1000
         while True:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed:
-                    self._in_use.add(conn)
-                    return conn
+            idle = self.try_acquire()
+            if idle is not None:
+                return idle
             if self.size < self._cfg.max_size:
                 self._connecting += 1
                 try:
