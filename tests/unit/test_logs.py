@@ -18,3 +18,23 @@ def test_json_line_carries_extras() -> None:
     assert line["level"] == "INFO" and line["logger"] == "rlsproxy.server"
     assert line["peer"] == "127.0.0.1:5000"
     assert line["ts"].endswith("+00:00")
+
+
+def test_text_line_carries_extras_before_a_traceback() -> None:
+    from rlsproxy.logs import TextFormatter
+
+    record = logging.LogRecord("rlsproxy.server", logging.INFO, __file__, 1, "client connected", None, None)
+    record.peer = "127.0.0.1:5000"
+    record.role = "authenticated"
+    line = TextFormatter().format(record)
+    assert line.endswith("INFO rlsproxy.server: client connected peer=127.0.0.1:5000 role=authenticated")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        failed = logging.LogRecord("rlsproxy", logging.ERROR, __file__, 1, "bug", None, sys.exc_info())
+    failed.peer = "x"
+    first, *rest = TextFormatter().format(failed).splitlines()
+    assert first.endswith("ERROR rlsproxy: bug peer=x")
+    assert rest[-1] == "ValueError: boom"
