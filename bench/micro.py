@@ -5,6 +5,11 @@ reconnect with the same token). The guard classifies every Query/Parse text: unc
 parse by libpg_query plus the tree walk, cached a dict lookup on the exact text (the Classifier
 in the relay keys on the raw bytes before decoding). A simple Query that misses the cache is also
 translated into extended messages, which splits the text with the parser a second time.
+
+The relay rows time one whole pgbench -S transaction through the sans-IO session machines
+(Relay.feed_client with the client's bytes, then ServerState.receive with Postgres' replies to the
+prefix and the statement): the proxy's own Python work per transaction without sockets, a far
+steadier figure on a shared machine than a pgbench run.
 """
 
 from __future__ import annotations
@@ -23,9 +28,15 @@ from rlsproxy.auth.jwt import TokenVerifier
 from rlsproxy.auth.keys import KeyStore
 from rlsproxy.auth.mint import mint_token
 from rlsproxy.config import JwtConfig
+from rlsproxy.session import context
+from rlsproxy.session.expected import CTX_PREPARED
 from rlsproxy.session.guard import Guard
-from rlsproxy.session.relay import Classifier
+from rlsproxy.session.relay import Classifier, Relay
+from rlsproxy.session.server import Chunks, ServerState
 from rlsproxy.session.simple import translate
+from rlsproxy.wire import backend as be
+from rlsproxy.wire import codes
+from rlsproxy.wire import frontend as fe
 
 HS_SECRET = "micro-benchmark-secret-0123456789abcdef"
 
@@ -103,6 +114,64 @@ def time_per_op_us(fn: Callable[[], object], repeats: int) -> list[float]:
     return [total / number * 1e6 for total in timer.repeat(repeat=repeats, number=number)]
 
 
+def _reply(*messages: tuple[int, bytes]) -> bytes:
+    return b"".join(be.message(t, body) for t, body in messages)
+
+
+_ROW = (codes.DATA_ROW, b"\0\x01\0\0\0\x04-123")
+_PREFIX_REPLY = _reply(
+    (codes.BIND_COMPLETE, b""),
+    (codes.DATA_ROW, b"\0\x02\0\0\0\x01r\0\0\0\x01c"),
+    (codes.COMMAND_COMPLETE, b"SELECT 1\0"),
+)
+_ROW_DESCRIPTION = (
+    codes.ROW_DESCRIPTION,
+    b"\0\x01abalance\0" + bytes(6) + b"\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0",
+)
+_DONE = ((codes.COMMAND_COMPLETE, b"SELECT 1\0"), (codes.READY_FOR_QUERY, b"I"))
+_DESCRIBE_PORTAL = be.message(codes.DESCRIBE, b"P\0")
+_SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = "
+
+
+class RelayTransaction:
+    """One pgbench -S transaction per call through a session attached to a prepared server state."""
+
+    def __init__(self, mode: str) -> None:
+        prefix = context.context_prefix("authenticated", '{"sub":"a","role":"authenticated"}')
+        self.relay = Relay(prefix, Classifier(Guard(0)), max_message=1 << 24)
+        state = ServerState({}, 1, b"key")
+        state.ctx = CTX_PREPARED
+        self.relay.attach(state)
+        parse_complete, bind_complete = (codes.PARSE_COMPLETE, b""), (codes.BIND_COMPLETE, b"")
+        if mode == "simple":  # a new text every time (literal values): guard and translation miss
+            self.messages = [fe.query(f"{_SELECT}{aid};") for aid in range(100_000)]
+            reply = _reply(parse_complete, bind_complete, _ROW_DESCRIPTION, _ROW, *_DONE)
+        elif mode == "extended":
+            parse = fe.parse("", f"{_SELECT}$1")
+            self.messages = [
+                parse + fe.bind("", (str(aid),)) + _DESCRIBE_PORTAL + fe.execute() + fe.SYNC
+                for aid in range(1000)
+            ]
+            reply = _reply(parse_complete, bind_complete, _ROW_DESCRIPTION, _ROW, *_DONE)
+        else:  # prepared: the statement was parsed once, before
+            self.messages = [fe.bind("P0_1", (str(aid),)) + fe.execute() + fe.SYNC for aid in range(1000)]
+            reply = _reply(bind_complete, _ROW, *_DONE)
+        self.reply = _PREFIX_REPLY + reply
+        self.client_sees = reply if mode != "simple" else _reply(_ROW_DESCRIPTION, _ROW, *_DONE)
+        self.state = state
+        self.i = 0
+
+    def __call__(self) -> bytes:
+        """One transaction; returns what the client is sent."""
+        to_server: Chunks = []
+        to_client: Chunks = []
+        self.relay.feed_client(self.messages[self.i], to_server, to_client)
+        self.i = (self.i + 1) % len(self.messages)
+        b"".join(to_server)
+        self.relay.feed_server(self.reply, to_client, to_server)
+        return b"".join(to_client)
+
+
 def run_micro(repeats: int) -> Iterator[tuple[str, str, list[float]]]:
     """(variant, target, µs per op per repeat) for every JWT algorithm and guard statement."""
     with tempfile.TemporaryDirectory(prefix="rlsproxy-bench-keys-") as tmp:
@@ -120,3 +189,5 @@ def run_micro(repeats: int) -> Iterator[tuple[str, str, list[float]]]:
             time_per_op_us(partial(classifier.verdict, raw), repeats),
         )
         yield f"guard {label}", "translate", time_per_op_us(partial(translate, raw), repeats)
+    for mode in ("simple", "extended", "prepared"):
+        yield "relay -S transaction", mode, time_per_op_us(RelayTransaction(mode), repeats)

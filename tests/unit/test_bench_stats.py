@@ -126,3 +126,15 @@ def test_parse_status_kib() -> None:
     status = "Name:\tpython\nVmPeak:\t  200 kB\nVmRSS:\t   74528 kB\n"
     assert parse_status_kib(status, "VmRSS") == 74528
     assert parse_status_kib(status, "VmSwap") is None
+
+
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_relay_micro_benchmark_runs_whole_transactions(mode: str) -> None:
+    """The relay micro-benchmark must time what it says: each call one complete transaction."""
+    from bench.micro import RelayTransaction
+
+    transaction = RelayTransaction(mode)
+    for _ in range(3):
+        assert transaction() == transaction.client_sees  # the prefix's replies swallowed
+        assert not transaction.state.pending  # every expected reply arrived: nothing left owed
+    assert transaction.relay.transactions == 3
