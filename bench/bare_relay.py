@@ -44,6 +44,7 @@ class _Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.upstream: _Upstream | None = None
         self.early: list[bytes] = []  # what came before the upstream connection was up
+        self.task: asyncio.Task[None] | None = None  # held so the connecting task is not collected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from rlsproxy.errors import ProtocolViolation, ProxyError
 from rlsproxy.session import context
 from rlsproxy.session.expected import CLIENT, PREFIX, Pending
-from rlsproxy.session.guard import RESERVED_NAME_PREFIX, Guard, Verdict, is_reserved_statement_name
+from rlsproxy.session.guard import RESERVED_NAME_PREFIX, Guard, Verdict
 from rlsproxy.session.in_band import SET_CONFIG_SQL, SET_SQL, InBand, payload
 from rlsproxy.session.server import Chunks, ServerState
 from rlsproxy.session.simple import DESCRIBE_UNNAMED_PORTAL, Translation, decode_sql, translate
@@ -30,6 +30,13 @@ _FORWARD_ONLY = frozenset((codes.FLUSH,))
 _EXTENDED = frozenset((codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE))
 _PORTAL = ord("P")
 _RESERVED = RESERVED_NAME_PREFIX.encode()
+
+
+def _reserved(name: bytes) -> bool:
+    """A prepared statement name the proxy keeps for itself (case-insensitive, as the guard's)."""
+    return name[: len(_RESERVED)].lower() == _RESERVED
+
+
 _COPY_MESSAGES = frozenset((codes.COPY_DATA, codes.COPY_DONE, codes.COPY_FAIL))
 
 
@@ -421,7 +428,7 @@ class Relay:
             if name_end < 0:
                 return False
         name = data[start:name_end]
-        if name[: len(_RESERVED)].lower() == _RESERVED:
+        if _reserved(name):
             return False
         if self._in_band_statements and name in self._in_band_statements:
             return False
@@ -438,7 +445,7 @@ class Relay:
     def _extended(self, server: ServerState, t: int, body: bytes, raw: memoryview, to_server: Chunks) -> None:
         if t == codes.PARSE:
             name, sql = fe.parse_fields(body)
-            if is_reserved_statement_name(name.decode(errors="replace")):
+            if _reserved(name):
                 self._refuse_extended(server, "reserved_name", RESERVED_NAME_REFUSED, to_server)
                 return
             verdict = self._classifier.verdict(sql)
@@ -471,7 +478,7 @@ class Relay:
                 kind, name = fe.target(body)
                 if kind != ord("S"):
                     name = b""
-            if name and is_reserved_statement_name(name.decode(errors="replace")):
+            if name and _reserved(name):
                 self._refuse_extended(server, "reserved_name", RESERVED_NAME_REFUSED, to_server)
                 return
             if self._open is None:

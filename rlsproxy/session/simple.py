@@ -60,22 +60,24 @@ def _is_copy_in(sql: str) -> bool:
     )
 
 
+def _whole(raw: bytes) -> Translation:
+    """The whole text as it came: error positions stay exact, an empty text gives EmptyQuery."""
+    copy_in = b"copy" in raw.lower() and _is_copy_in(decode_sql(raw)[0])
+    return Translation(_statement(raw), None, copy_in, False)
+
+
 def translate(raw: bytes) -> Translation:
     """Build the extended messages for the SQL of a simple Query (the guard has parsed it already)."""
     semicolons = raw.count(b";")
-    slices: tuple[slice, ...] = ()
-    sql, codec = "", "utf-8"
-    if semicolons > 1 or (semicolons == 1 and not raw.rstrip().endswith(b";")):
-        sql, codec = decode_sql(raw)
-        try:
-            slices = pglast.split(sql, only_slices=True)
-        except pglast.parser.ParseError:
-            slices = ()
-    # else surely one statement (or a malformed one): no need to split
+    if semicolons == 0 or (semicolons == 1 and raw.rstrip().endswith(b";")):
+        return _whole(raw)  # surely one statement (or a malformed one): no need to split
+    sql, codec = decode_sql(raw)
+    try:
+        slices = pglast.split(sql, only_slices=True)
+    except pglast.parser.ParseError:
+        slices = ()
     if len(slices) <= 1:
-        # The whole text as it came: error positions stay exact, an empty text gives EmptyQuery.
-        copy_in = b"copy" in raw.lower() and _is_copy_in(decode_sql(raw)[0])
-        return Translation(_statement(raw), None, copy_in, False)
+        return _whole(raw)
     parts = [sql[s] for s in slices]
     copies = ["copy" in p.lower() and _is_copy_in(p) for p in parts]
     return Translation(
