@@ -68,7 +68,7 @@ _TRAILING: Final = " \t\n\r\f\v;"
 _DEFER: Final = (*_WATCHED, "prepared", "&", "\0")
 
 
-def _plain_text_allows(sql: str) -> bool | None:
+def plain_text_allows(sql: str) -> bool | None:
     """True: allowed without the scanner. False: surely not plain DML. None: ask the scanner."""
     if not sql.isascii():  # identifier rules and encodings beyond ASCII are the scanner's to apply
         return None
@@ -88,7 +88,7 @@ def _plain_text_allows(sql: str) -> bool | None:
 
 def plainly_allowed(sql: str) -> bool:
     """True when the text alone shows the statement is allowed as it is."""
-    quick = _plain_text_allows(sql)
+    quick = plain_text_allows(sql)
     if quick is not None:
         return quick
     if "\0" in sql:

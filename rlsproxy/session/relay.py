@@ -18,10 +18,18 @@ from collections.abc import Callable
 from rlsproxy.errors import ProtocolViolation, ProxyError
 from rlsproxy.session import context
 from rlsproxy.session.expected import CLIENT, PREFIX, Pending
-from rlsproxy.session.guard import RESERVED_NAME_PREFIX, Guard, Verdict
+from rlsproxy.session.guard import ALLOW, RESERVED_NAME_PREFIX, Guard, Verdict
+from rlsproxy.session.guard_fast import plain_text_allows
 from rlsproxy.session.in_band import SET_CONFIG_SQL, SET_SQL, InBand, payload
 from rlsproxy.session.server import Chunks, ServerState
-from rlsproxy.session.simple import DESCRIBE_UNNAMED_PORTAL, Translation, decode_sql, translate
+from rlsproxy.session.simple import (
+    DESCRIBE_UNNAMED_PORTAL,
+    Translation,
+    decode_sql,
+    single_statement,
+    translate,
+    whole,
+)
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
@@ -43,8 +51,13 @@ _COPY_MESSAGES = frozenset((codes.COPY_DATA, codes.COPY_DONE, codes.COPY_FAIL))
 class Classifier:
     """The guard's verdicts keyed by the raw SQL bytes, so a repeated statement costs one lookup.
 
+    A simple Query's text often carries its values as literals, so it is new each time: for those,
+    what is cheap to decide again is not kept (a text the plain-text check allows, about half a
+    microsecond, and a single statement's translation). Caching them cost more than it saved, and
+    a flood of such one-off texts evicted the verdicts worth keeping (a full parse is 50-400 µs).
+    A Parse's text has placeholders instead and comes again: every verdict is kept.
     FIFO-bounded OrderedDicts: popping a plain dict's oldest key (next(iter(d))) walks the slots
-    freed by earlier pops, microseconds per statement when every text is new (literal values).
+    freed by earlier pops, microseconds per statement when every text is new.
     """
 
     def __init__(self, guard: Guard, max_entries: int = 10_000) -> None:
@@ -53,17 +66,33 @@ class Classifier:
         self._translations: OrderedDict[bytes, Translation] = OrderedDict()
         self._max = max_entries
 
-    def verdict(self, sql: bytes) -> Verdict:
+    def query_verdict(self, sql: bytes) -> Verdict:
+        """The verdict for a simple Query's text."""
         found = self._cache.get(sql)
         if found is not None:
             return found
-        result = self._guard.check(decode_sql(sql)[0])
+        text = decode_sql(sql)[0]
+        if plain_text_allows(text):
+            return ALLOW
+        return self._decide(sql, text)
+
+    def verdict(self, sql: bytes) -> Verdict:
+        """The verdict for a Parse's text."""
+        found = self._cache.get(sql)
+        if found is not None:
+            return found
+        return self._decide(sql, decode_sql(sql)[0])
+
+    def _decide(self, sql: bytes, text: str) -> Verdict:
+        result = self._guard.check(text)
         if len(self._cache) >= self._max:
             self._cache.popitem(last=False)
         self._cache[sql] = result
         return result
 
     def translation(self, sql: bytes) -> Translation:
+        if single_statement(sql):
+            return whole(sql)
         found = self._translations.get(sql)
         if found is None:
             found = translate(sql)
@@ -281,7 +310,7 @@ class Relay:
 
     def _query(self, server: ServerState, body: bytes, raw: memoryview, to_server: Chunks) -> None:
         sql = fe.query_text(body)
-        verdict = self._classifier.verdict(sql)
+        verdict = self._classifier.query_verdict(sql)
         action = verdict.action
         if action == "refuse":
             self._refuse_query(server, verdict.rule or "refused", refusal_error(verdict), to_server)

@@ -34,6 +34,7 @@ _HEADER = struct.Struct("!BI")  # message type, length (which counts itself, not
 _MARKER = context.REFUSAL_MARKER.encode()
 # Replies to the extended messages that stand in for a simple Query; a simple Query never gets them.
 _TRANSLATION_ONLY = frozenset((codes.PARSE_COMPLETE, codes.BIND_COMPLETE, codes.NO_DATA))
+_PARSED_AND_BOUND = be.message(codes.PARSE_COMPLETE, b"") + be.message(codes.BIND_COMPLETE, b"")
 # Replies that may arrive at any time and always belong to the client.
 _ASYNC = frozenset((codes.NOTICE_RESPONSE, codes.NOTIFICATION_RESPONSE, codes.PARAMETER_STATUS))
 # Upper bound on one server message; DataRows of 1 GB fields exist, the framing only needs a sanity cap.
@@ -52,6 +53,11 @@ class ServerState:
         self.ctx_keeping = CTX_UNPREPARED  # the one that keeps an in-band switch
         self.pending: deque[Pending] = deque()
         self._rest = b""  # an incomplete message left over from the last read
+        # The last successful prefix's replies (BindComplete, its DataRow, CommandComplete), byte
+        # for byte. The same identity gets the same bytes every transaction: one comparison skips
+        # them. Anything else (another identity, an error, a notice in between) is read message by
+        # message, as always.
+        self._prefix_reply = b""
 
     @property
     def idle(self) -> bool:
@@ -69,6 +75,7 @@ class ServerState:
         pending = self.pending
         header = _HEADER.unpack_from
         head = pending[0] if pending else None  # looked up again only when an entry ends
+        prefix_start = -1  # where the replies of a prefix began, to learn them
         while n - pos >= 5:
             t, length = header(data, pos)
             end = pos + 1 + length
@@ -88,6 +95,8 @@ class ServerState:
                     if head.translated and t in _TRANSLATION_ONLY:
                         if fwd < pos:
                             to_client.append(view[fwd:pos])
+                        if data.startswith(_PARSED_AND_BOUND, pos):  # the usual pair, in one step
+                            end = pos + len(_PARSED_AND_BOUND)
                         fwd = end
                     elif t == codes.ERROR_RESPONSE:
                         if fwd < pos:
@@ -109,25 +118,38 @@ class ServerState:
             if t in _ASYNC:
                 if t == codes.PARAMETER_STATUS:
                     self._note_parameter(data[pos + 5 : end])
+                prefix_start = -1  # not a reply to learn
                 pos = end
                 continue
             if fwd < pos:
                 to_client.append(view[fwd:pos])
-            fwd = end
             if head.kind == PREFIX:
-                if t == codes.COMMAND_COMPLETE:
+                if t == codes.BIND_COMPLETE:
+                    reply = self._prefix_reply
+                    if reply and data.startswith(reply, pos):
+                        end = pos + len(reply)
+                        pending.popleft()
+                    else:
+                        prefix_start = pos
+                elif t == codes.COMMAND_COMPLETE:
                     # ctx was set when the Parse went out: a DEALLOCATE/DISCARD the client sent
                     # since then may already have marked it unknown again.
                     pending.popleft()
+                    if prefix_start >= 0:
+                        self._prefix_reply = data[prefix_start:end]
+                        prefix_start = -1
                 elif t == codes.ERROR_RESPONSE:
                     # Fail closed: the client's messages up to the next Sync are skipped by
                     # Postgres; the client sees why. A Query batch needs the proxy's own Sync.
                     pending.popleft()
+                    prefix_start = -1
                     self.forget_context()
                     to_client.append(view[pos:end])
                     batch = pending[0] if pending else None
                     self._after_failed_prefix(batch, to_server)
+                fwd = end
             elif head.kind == INTERNAL:
+                fwd = end
                 if t == codes.ERROR_RESPONSE:
                     head.errors.append(be.parse_fields(data[pos + 5 : end]))
                 elif t == codes.READY_FOR_QUERY:

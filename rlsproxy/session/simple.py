@@ -33,9 +33,14 @@ class Translation(NamedTuple):  # a tuple: built per distinct text on the hot pa
     copy_not_last: bool  # COPY FROM STDIN followed by more statements: cannot be pipelined
 
 
+_AFTER_PARSE = BIND_UNNAMED + DESCRIBE_UNNAMED_PORTAL + EXECUTE_ALL
+_PARSE = codes.PARSE.to_bytes(1, "big")
+
+
 def _statement(sql: bytes) -> bytes:
-    parse = message(codes.PARSE, b"\0" + sql + b"\0\0\0")  # unnamed, no parameter types
-    return parse + BIND_UNNAMED + DESCRIBE_UNNAMED_PORTAL + EXECUTE_ALL
+    # Parse: unnamed statement, the text, no parameter types; its length counts itself (4), the
+    # name's NUL, the text's NUL and the parameter count (2).
+    return _PARSE + (len(sql) + 8).to_bytes(4, "big") + b"\0" + sql + b"\0\0\0" + _AFTER_PARSE
 
 
 def decode_sql(raw: bytes) -> tuple[str, str]:
@@ -60,24 +65,29 @@ def _is_copy_in(sql: str) -> bool:
     )
 
 
-def _whole(raw: bytes) -> Translation:
+def whole(raw: bytes) -> Translation:
     """The whole text as it came: error positions stay exact, an empty text gives EmptyQuery."""
     copy_in = b"copy" in raw.lower() and _is_copy_in(decode_sql(raw)[0])
     return Translation(_statement(raw), None, copy_in, False)
 
 
+def single_statement(raw: bytes) -> bool:
+    """Surely one statement (or a malformed one): no `;` but perhaps a last one. Cheap, no parse."""
+    semicolons = raw.count(b";")
+    return semicolons == 0 or (semicolons == 1 and raw.rstrip().endswith(b";"))
+
+
 def translate(raw: bytes) -> Translation:
     """Build the extended messages for the SQL of a simple Query (the guard has parsed it already)."""
-    semicolons = raw.count(b";")
-    if semicolons == 0 or (semicolons == 1 and raw.rstrip().endswith(b";")):
-        return _whole(raw)  # surely one statement (or a malformed one): no need to split
+    if single_statement(raw):
+        return whole(raw)  # no need to split
     sql, codec = decode_sql(raw)
     try:
         slices = pglast.split(sql, only_slices=True)
     except pglast.parser.ParseError:
         slices = ()
     if len(slices) <= 1:
-        return _whole(raw)
+        return whole(raw)
     parts = [sql[s] for s in slices]
     copies = ["copy" in p.lower() and _is_copy_in(p) for p in parts]
     return Translation(

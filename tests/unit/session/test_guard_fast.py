@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlsproxy.session.guard import ALLOW, classify
-from rlsproxy.session.guard_fast import _plain_text_allows, plainly_allowed
+from rlsproxy.session.guard_fast import plain_text_allows, plainly_allowed
 
 # Pieces of SQL that matter to the guard or to the scanner, glued together at random.
 _PIECES = [
@@ -88,7 +88,7 @@ _PIECES = [
 @given(pieces=st.lists(st.sampled_from(_PIECES), min_size=1, max_size=8))
 def test_plain_text_allow_implies_the_full_guard_allows(joiner: str, pieces: list[str]) -> None:
     sql = joiner.join(pieces)
-    if _plain_text_allows(sql):
+    if plain_text_allows(sql):
         verdict = classify(sql, fast=False)
         # A syntax error is Postgres' to report (the server sees the same text): anything else must be ALLOW.
         assert verdict == ALLOW or verdict.rule == "syntax", (sql, verdict)
@@ -114,7 +114,7 @@ def test_plain_text_allow_implies_the_full_guard_allows(joiner: str, pieces: lis
     ],
 )
 def test_plain_text_decisions(sql: str, expected: bool | None) -> None:
-    assert _plain_text_allows(sql) is expected
+    assert plain_text_allows(sql) is expected
 
 
 def test_plain_text_and_scanner_agree_on_plain_dml() -> None:

@@ -87,6 +87,34 @@ def test_replies_split_anywhere_give_the_same_bytes() -> None:
     assert seen == stream[len(PREFIX_REPLY) :]
 
 
+def test_a_repeated_prefix_reply_is_skipped_whole_and_anything_else_read_message_by_message() -> None:
+    relay, state = make_relay()
+    reply = PARSE_COMPLETE + BIND_COMPLETE + ROW_DESCRIPTION + ROW + SELECT_1 + READY_IDLE
+    from_client(relay, extended("select 1"))
+    assert from_server(relay, PREFIX_REPLY + reply)[0] == reply
+    assert state._prefix_reply == PREFIX_REPLY  # learned from the first transaction
+    from_client(relay, extended("select 1"))
+    assert from_server(relay, PREFIX_REPLY + reply)[0] == reply
+    # Another identity's row: not the learned bytes, read message by message, and learned instead.
+    other_row = be.message(codes.DATA_ROW, b"\0\x02" + b"\0\0\0\x01s" + b"\0\0\0\x01d")
+    from_client(relay, extended("select 1"))
+    assert from_server(relay, BIND_COMPLETE + other_row + SELECT_1 + reply)[0] == reply
+    assert state._prefix_reply == BIND_COMPLETE + other_row + SELECT_1
+    # A notice between the prefix's replies goes to the client and is not learned.
+    notice = be.message(codes.NOTICE_RESPONSE, b"SNOTICE\0Mhello\0\0")
+    from_client(relay, extended("select 1"))
+    seen, _ = from_server(relay, BIND_COMPLETE + notice + CONTEXT_ROW + SELECT_1 + reply)
+    assert seen == notice + reply
+    assert state._prefix_reply == BIND_COMPLETE + other_row + SELECT_1
+    # A prefix failing at Execute, then one that succeeds in the same read: only the second is learned.
+    error = be.error_response("42704", 'role "x" does not exist')
+    from_client(relay, extended("select 1") + extended("select 2"))
+    seen, _ = from_server(relay, BIND_COMPLETE + error + READY_IDLE + PREFIX_REPLY + reply)
+    assert seen == error + READY_IDLE + reply
+    assert state._prefix_reply == PREFIX_REPLY
+    assert not state.pending
+
+
 def test_no_prefix_inside_an_open_transaction() -> None:
     relay, state = make_relay()
     from_client(relay, extended("begin"))
