@@ -43,10 +43,26 @@ class ServerListener(Protocol):
     def server_paused(self, paused: bool) -> None: ...
 
 
+Settings = tuple[tuple[str, str], ...]  # a client's startup settings, (name, value) in its order
+
+
+def serves_without_leak(baseline: Settings, settings: Settings) -> bool:
+    """A session started with `baseline` can take on `settings`: they set every name it started with.
+
+    Anything else would leave the other client's value (a search_path, a time zone) in place.
+    """
+    names = {name for name, _ in settings}
+    return all(name in names for name, _ in baseline)
+
+
 class ServerConnection(asyncio.Protocol):
     """One upstream connection: its transport, its protocol state, its current listener."""
 
-    def __init__(self, login: UpstreamLogin) -> None:
+    def __init__(self, login: UpstreamLogin, baseline: Settings = ()) -> None:
+        # The client settings in its startup packet (PgBouncer's way): RESET ALL, and so the reset
+        # at release, brings the session back to them, and a client with the same settings needs
+        # no exchange of its own.
+        self.baseline = baseline
         self._login: UpstreamLogin | None = login
         self.transport: asyncio.Transport | None = None
         self.state: ServerState | None = None
@@ -151,7 +167,7 @@ class ServerConnection(asyncio.Protocol):
 
     async def apply_settings(self, settings: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
         """Set the client's startup settings at session level; values travel as bind parameters."""
-        messages = settings_messages(settings)
+        messages = settings_exchange(self.baseline, settings)
         if not messages:
             return []
         entry = await self.exchange(messages)
@@ -177,6 +193,12 @@ class _SslNegotiation(asyncio.Protocol):
 
 
 @functools.lru_cache(maxsize=1024)  # clients of one app send the same few settings on every connect
+def settings_exchange(baseline: Settings, settings: Settings) -> bytes:
+    """What gives a session started with `baseline` the client's settings: nothing when they are
+    its startup settings (RESET ALL keeps them, too), else the exchange."""
+    return b"" if baseline == settings else settings_messages(settings)
+
+
 def settings_messages(settings: tuple[tuple[str, str], ...]) -> bytes:
     """One exchange (ending with Sync) that sets each (name, value) at session level, or b"" for none."""
     body = b"".join(
@@ -231,25 +253,60 @@ class Pool:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def try_acquire(self) -> ServerConnection | None:
-        """An idle connection now, or None (then acquire() waits or connects)."""
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed:
-                self._in_use.add(conn)
-                return conn
+    def try_acquire(self, settings: Settings = (), *, known_good: bool = False) -> ServerConnection | None:
+        """An idle connection for a client with these startup settings, or None (acquire() waits or
+        connects).
+
+        Best is one started with the same settings (nothing to set). With `known_good` (a server
+        accepted these settings before) and room in the pool, None instead of any other, so that a
+        new connection starts with them: the pool converges to what its clients use. Otherwise one
+        whose startup settings the client's all override (its own are set in an exchange). When
+        only connections that would leak a setting are idle and the pool is full, the oldest is
+        closed to make room.
+        """
+        idle = self._idle
+        while idle and idle[-1].closed:
+            idle.pop()
+        if not idle:
+            return None
+        if idle[-1].baseline == settings:  # the usual case: one app, one set of settings
+            conn = idle.pop()
+        else:
+            other = self._take_other(settings, room=known_good and self.size < self._cfg.max_size)
+            if other is None:
+                return None
+            conn = other
+        self._in_use.add(conn)
+        return conn
+
+    def _take_other(self, settings: Settings, *, room: bool) -> ServerConnection | None:
+        usable: ServerConnection | None = None
+        for conn in reversed(self._idle):
+            if conn.closed:
+                continue
+            if conn.baseline == settings:
+                usable = conn
+                break
+            if usable is None and not room and serves_without_leak(conn.baseline, settings):
+                usable = conn
+        if usable is not None:
+            self._idle.remove(usable)
+            return usable
+        if not room and self._idle and self.size >= self._cfg.max_size:
+            self._idle.popleft().close()  # would leak its settings to this client: make room
         return None
 
-    async def acquire(self) -> ServerConnection:
+    async def acquire(self, settings: Settings = (), *, known_good: bool = False) -> ServerConnection:
+        """A connection for a client with these settings (`known_good`: a server accepted them)."""
         deadline = time.monotonic() + self._cfg.acquire_timeout_ms / 1000
         while True:
-            idle = self.try_acquire()
+            idle = self.try_acquire(settings, known_good=known_good)
             if idle is not None:
                 return idle
             if self.size < self._cfg.max_size:
                 self._connecting += 1
                 try:
-                    conn = await self._connect()
+                    conn = await self._connect(settings if known_good else ())
                 finally:
                     self._connecting -= 1
                 self._in_use.add(conn)
@@ -278,10 +335,11 @@ class Pool:
         """A fresh login outside the pool's accounting (readiness probes); the caller closes it."""
         return await self._connect()
 
-    async def _connect(self) -> ServerConnection:
-        login = UpstreamLogin(self._user, self._password, self._upstream.database, dict(UPSTREAM_PARAMS))
+    async def _connect(self, baseline: Settings = ()) -> ServerConnection:
+        params = {**UPSTREAM_PARAMS, **dict(baseline)}
+        login = UpstreamLogin(self._user, self._password, self._upstream.database, params)
         try:
-            conn = await asyncio.wait_for(self._open(login), self._upstream.connect_timeout_s)
+            conn = await asyncio.wait_for(self._open(login, baseline), self._upstream.connect_timeout_s)
             await asyncio.wait_for(conn.ready(), self._upstream.connect_timeout_s)
         except ProxyError:
             self._connect_failed()
@@ -308,7 +366,7 @@ class Pool:
     def _hostport(self) -> str:
         return f"{self._upstream.host}:{self._upstream.port}"
 
-    async def _open(self, login: UpstreamLogin) -> ServerConnection:
+    async def _open(self, login: UpstreamLogin, baseline: Settings) -> ServerConnection:
         """A connected ServerConnection that has sent its startup message, over TLS as sslmode says.
 
         Like libpq: SSLRequest first; 'S' starts TLS, 'N' carries on in plaintext for prefer and
@@ -317,12 +375,14 @@ class Pool:
         loop = asyncio.get_running_loop()
         up = self._upstream
         if self._ssl is None:
-            _, conn = await loop.create_connection(lambda: ServerConnection(login), up.host, up.port)
+            _, conn = await loop.create_connection(
+                lambda: ServerConnection(login, baseline), up.host, up.port
+            )
             return conn
         transport, negotiation = await loop.create_connection(_SslNegotiation, up.host, up.port)
         try:
             answer = await negotiation.answer
-            conn = ServerConnection(login)
+            conn = ServerConnection(login, baseline)
             if answer == b"S":
                 # server_hostname is sent as SNI; it is checked only for verify-full (check_hostname).
                 upgraded = await loop.start_tls(transport, conn, self._ssl, server_hostname=up.host)

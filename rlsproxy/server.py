@@ -19,7 +19,7 @@ from rlsproxy.auth.identity import BypassDenied, Identity
 from rlsproxy.auth.startup import ClientStartup, read_startup
 from rlsproxy.bypass import BypassTrail, record_denied
 from rlsproxy.errors import AuthError, ProtocolViolation, ProxyError
-from rlsproxy.pool import ServerConnection, settings_messages
+from rlsproxy.pool import ServerConnection, settings_exchange, settings_messages
 from rlsproxy.proxy import Greeting, GreetingKey
 from rlsproxy.session import context
 from rlsproxy.session.expected import Pending
@@ -523,7 +523,7 @@ class ClientConnection(asyncio.Protocol):
         proxy = self.proxy
         pool = proxy.pool_for(self.identity)
         waited = time.perf_counter()
-        server = await pool.acquire()
+        server = await pool.acquire(self._settings, known_good=settings_known_good)
         self.metrics.pool_acquired(pool.name, time.perf_counter() - waited)
         if self._closed:  # the client left while we waited for the pool
             pool.release(server, reusable=True)
@@ -543,7 +543,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _pipeline_settings(self, server: ServerConnection) -> None:
         """Settings a server accepted before go ahead of the client's first messages, in one send."""
-        messages = settings_messages(self._settings)
+        messages = settings_exchange(server.baseline, self._settings)
         if messages and server.state is not None:
             server.hold(server.state.internal(messages, self._settings_applied))
 
@@ -556,7 +556,7 @@ class ClientConnection(asyncio.Protocol):
     def _idle_server(self) -> ServerConnection | None:
         assert self.identity is not None
         pool = self.proxy.pool_for(self.identity)
-        server = pool.try_acquire()
+        server = pool.try_acquire(self._settings, known_good=True)
         if server is not None:
             self.metrics.pool_acquired(pool.name, 0.0)
             self.server = server

@@ -254,3 +254,49 @@ def test_burst_of_clients_with_new_settings_pins_one_server(make_proxy: Any) -> 
                     await client.close()
 
     asyncio.run(run())
+
+
+SETTING_SOURCE = "select source from pg_settings where name = %s"
+
+
+def test_server_connections_start_with_their_clients_settings(make_proxy: Any) -> None:
+    """PgBouncer's way: once a server accepted a client's settings, new server connections start with
+    them, and later clients with the same settings need no exchange (Postgres says where a value
+    came from: "client" is the startup packet, "session" a SET)."""
+    proxy = make_proxy(pool=PoolConfig(max_size=3, acquire_timeout_ms=3000))
+    dsn = proxy.dsn(token=token_for(ALICE), application_name="reports")
+    with psycopg.connect(dsn, autocommit=True) as first:  # new settings: learned by an exchange
+        assert first.execute(SETTING_SOURCE, ("application_name",)).fetchone() == ("session",)
+    with psycopg.connect(dsn, autocommit=True) as second:  # known good: a connection started with them
+        assert second.execute(SETTING_SOURCE, ("application_name",)).fetchone() == ("client",)
+        pid = second.execute("select pg_backend_pid()").fetchone()
+    with psycopg.connect(dsn, autocommit=True) as third:  # and reused as it is
+        assert third.execute("select pg_backend_pid()").fetchone() == pid
+        assert third.execute(SETTING_SOURCE, ("application_name",)).fetchone() == ("client",)
+        third.execute("reset all")
+        assert third.execute("show application_name").fetchone() == ("reports",)
+        assert third.execute("select auth.uid()::text").fetchone() == (ALICE,)
+    # A client without settings of its own never gets a connection started with someone else's.
+    with psycopg.connect(proxy.dsn(token=token_for(BOB)), autocommit=True) as plain:
+        assert plain.execute("show application_name").fetchone() != ("reports",)
+
+
+def test_startup_settings_never_leak_to_a_client_that_does_not_set_them(make_proxy: Any) -> None:
+    """A connection started with search_path=x cannot serve a client that sets only application_name:
+    RESET ALL would keep x. When nothing else is idle and the pool is full it is replaced."""
+    proxy = make_proxy(pool=PoolConfig(max_size=2, acquire_timeout_ms=3000))
+    options = f"-c search_path=leaky,public -c rlsproxy.jwt={token_for(ALICE)}"
+    dsn_a = f"host=127.0.0.1 port={proxy.port} dbname=app user=app application_name=a options='{options}'"
+    holder = psycopg.connect(dsn_a, autocommit=True)  # learns the settings, keeps its connection
+    try:
+        holder.execute("select 1")
+        with psycopg.connect(dsn_a, autocommit=True) as second:  # a new connection started with them
+            assert second.execute(SETTING_SOURCE, ("search_path",)).fetchone() == ("client",)
+            leaky_pid = second.execute("select pg_backend_pid()").fetchone()
+        assert proxy.proxy.pool.size == 2  # full: one held, one idle started with search_path=leaky
+        with psycopg.connect(proxy.dsn(token=token_for(BOB), application_name="b"), autocommit=True) as b:
+            assert b.execute("show search_path").fetchone() == ('"$user", public',)
+            assert b.execute("select pg_backend_pid()").fetchone() != leaky_pid
+            assert b.execute("select auth.uid()::text").fetchone() == (BOB,)
+    finally:
+        holder.close()
