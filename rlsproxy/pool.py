@@ -199,6 +199,7 @@ def settings_exchange(baseline: Settings, settings: Settings) -> bytes:
     return b"" if baseline == settings else settings_messages(settings)
 
 
+@functools.lru_cache(maxsize=1024)  # a few distinct sets of settings, one per app, each built once
 def settings_messages(settings: tuple[tuple[str, str], ...]) -> bytes:
     """One exchange (ending with Sync) that sets each (name, value) at session level, or b"" for none."""
     body = b"".join(
