@@ -67,3 +67,7 @@ class Pending:
     def __repr__(self) -> str:
         names = {PREFIX: "PREFIX", CLIENT: "CLIENT", INTERNAL: "INTERNAL"}
         return f"<Pending {names[self.kind]} closed={self.closed} translated={self.translated}>"
+
+
+# Prefix entries carry no state of their own (the relay reads only their kind): one serves all.
+PREFIX_ENTRY = Pending(PREFIX)

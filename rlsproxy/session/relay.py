@@ -12,12 +12,13 @@ opens), so the context applies exactly to the client's transaction and ends with
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
 
 from rlsproxy.errors import ProtocolViolation, ProxyError
 from rlsproxy.session import context
-from rlsproxy.session.expected import CLIENT, PREFIX, Pending
+from rlsproxy.session.expected import CLIENT, PREFIX_ENTRY, Pending
 from rlsproxy.session.guard import ALLOW, RESERVED_NAME_PREFIX, Guard, Verdict
 from rlsproxy.session.guard_fast import plain_text_allows
 from rlsproxy.session.in_band import SET_CONFIG_SQL, SET_SQL, InBand, payload
@@ -34,10 +35,12 @@ from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
 
+_HEADER = struct.Struct("!BI")  # message type, length (which counts itself, not the type byte)
 _FORWARD_ONLY = frozenset((codes.FLUSH,))
 _EXTENDED = frozenset((codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE))
 _PORTAL = ord("P")
 _RESERVED = RESERVED_NAME_PREFIX.encode()
+_LOWER_R = _RESERVED[0]  # a name whose first byte is not r or R (byte | 0x20) is not reserved
 
 
 def _reserved(name: bytes) -> bool:
@@ -212,15 +215,30 @@ class Relay:
         view = memoryview(data)
         n = len(data)
         pos = fwd = 0
+        header = _HEADER.unpack_from
+        largest = self._max - 1
         while n - pos >= 5:
-            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            t, length = header(data, pos)
             end = pos + 1 + length
-            if length < 4 or length + 1 > self._max:
+            if length < 4 or length > largest:
                 raise ProtocolViolation(f"invalid message length {length}")
             if end > n:
                 break
-            t = data[pos]
-            if t == codes.EXECUTE:
+            if t == codes.QUERY:
+                fwd = self._flush(view, fwd, pos, to_server)
+                self._query(server, data[pos + 5 : end], view[pos:end], to_server)
+                fwd = end
+            elif t in _EXTENDED:  # Parse, Bind, Describe, Close: most of an extended batch
+                if self._forwards_unchanged(t, data, pos, end):
+                    # Part of the run forwarded as one slice; a new batch still gets its prefix first.
+                    if self._open is None:
+                        fwd = self._flush(view, fwd, pos, to_server)
+                        self._open_batch(server, to_server, context=True)
+                else:
+                    fwd = self._flush(view, fwd, pos, to_server)
+                    self._extended(server, t, data[pos + 5 : end], view[pos:end], to_server)
+                    fwd = end
+            elif t == codes.EXECUTE:
                 if self._open is None:
                     fwd = self._flush(view, fwd, pos, to_server)
                     self._open_batch(server, to_server, context=True)
@@ -248,20 +266,6 @@ class Relay:
                         to_server.append(fe.SYNC)
             elif t in _FORWARD_ONLY:
                 pass
-            elif t == codes.QUERY:
-                fwd = self._flush(view, fwd, pos, to_server)
-                self._query(server, data[pos + 5 : end], view[pos:end], to_server)
-                fwd = end
-            elif t in _EXTENDED:
-                if self._forwards_unchanged(t, data, pos, end):
-                    # Part of the run forwarded as one slice; a new batch still gets its prefix first.
-                    if self._open is None:
-                        fwd = self._flush(view, fwd, pos, to_server)
-                        self._open_batch(server, to_server, context=True)
-                else:
-                    fwd = self._flush(view, fwd, pos, to_server)
-                    self._extended(server, t, data[pos + 5 : end], view[pos:end], to_server)
-                    fwd = end
             elif t == codes.FUNCTION_CALL:
                 fwd = self._flush(view, fwd, pos, to_server)
                 self._refuse_query(server, "function_call", FUNCTION_CALL_REFUSED, to_server)
@@ -295,7 +299,7 @@ class Relay:
             # may hold a switch: use the context statement that keeps it.
             keeping = self._switched and bool(server.pending)
             to_server.append(server.context_messages(self.prefix, keeping=keeping))
-            server.pending.append(Pending(PREFIX))
+            server.pending.append(PREFIX_ENTRY)
             self.transactions += 1
         self._open = Pending(CLIENT)
         server.pending.append(self._open)
@@ -456,10 +460,10 @@ class Relay:
             name_end = data.find(0, start, end)
             if name_end < 0:
                 return False
-        name = data[start:name_end]
-        if _reserved(name):
+        # Most names are empty (the unnamed statement) or do not start with r/R: no slice needed.
+        if name_end > start and data[start] | 0x20 == _LOWER_R and _reserved(data[start:name_end]):
             return False
-        if self._in_band_statements and name in self._in_band_statements:
+        if self._in_band_statements and data[start:name_end] in self._in_band_statements:
             return False
         if t == codes.PARSE:
             sql_end = data.find(0, name_end + 1, end)

@@ -186,6 +186,8 @@ def test_in_band_parse_and_bind_are_rewritten_with_the_verified_payload() -> Non
         be.message(codes.DESCRIBE, b"Srlsproxy_ctx\0"),
         be.message(codes.CLOSE, b"SRLSPROXY_CTX\0"),
         fe.parse("rlsproxy_mine", "select 1"),
+        fe.parse("Rlsproxy_Mine", "select 1"),
+        be.message(codes.BIND, b"\0RLSPROXY_ctx\0\0\0\0\0\0\0"),
     ],
 )
 def test_reserved_statement_names_are_refused(message: bytes) -> None:
