@@ -1,4 +1,4 @@
-"""The asyncio edge for one client: the startup handshake, then the relay between transports.
+"""The asyncio edge for one client: its handshake (handshake.py reads the credentials), then the relay.
 
 Each client connection is an asyncio.Protocol (the relay's hot path runs in data_received with no
 task switch); only the handshake, which waits on the pool, runs as a task. Shared state (pools,
@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from rlsproxy.audit import AuditUnavailable
 from rlsproxy.auth.identity import BypassDenied, Identity
-from rlsproxy.auth.startup import ClientStartup, read_startup
+from rlsproxy.auth.startup import ClientStartup
 from rlsproxy.bypass import BypassTrail, record_denied
-from rlsproxy.errors import AuthError, ProtocolViolation, ProxyError
+from rlsproxy.errors import AuthError, ProxyError
+from rlsproxy.handshake import Cancelled, client_credentials
 from rlsproxy.pool import ServerConnection, settings_exchange, settings_messages
 from rlsproxy.proxy import Greeting, GreetingKey
 from rlsproxy.session import context
@@ -28,15 +28,9 @@ from rlsproxy.session.server import Chunks
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
-from rlsproxy.wire.framing import MAX_STARTUP_PACKET_LENGTH, FramingError, next_message, startup_packet_length
+from rlsproxy.wire.framing import FramingError
 from rlsproxy.wire.startup import (
-    CancelRequest,
-    GSSENCRequest,
-    SSLRequest,
     StartupError,
-    StartupMessage,
-    build_negotiate_protocol_version,
-    parse_startup_packet,
 )
 
 if TYPE_CHECKING:
@@ -67,19 +61,19 @@ class ClientConnection(asyncio.Protocol):
         self._statements = 0  # relay.statements already reported
         self._transactions = 0  # relay.transactions already reported
         self._tx_started = 0.0  # when the oldest unfinished transaction began (0: none)
-        self._inbox = b""  # bytes received during the handshake, or before a server is attached
+        self.inbox = b""  # bytes received during the handshake, or before a server is attached
         self._settings: tuple[tuple[str, str], ...] = ()  # the client's startup settings
         self._greeted: dict[str, str] = {}  # the ParameterStatus values the client was greeted with
         self._attaching = False
         self._wakeup: asyncio.Future[None] | None = None
         self._closed = False
-        self._peer = ""
+        self.peer = ""
 
     # asyncio callbacks -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername")
-        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.metrics.client_connected()
         self.proxy.spawn(self._handshake())
 
@@ -87,15 +81,15 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_in += len(data)
         relay = self.relay
         if relay is None:
-            self._inbox += data
+            self.inbox += data
             if self._wakeup is not None and not self._wakeup.done():
                 self._wakeup.set_result(None)
             return
         if self.server is None:  # not attached yet (see _begin): keep it until a server is
-            if not self._inbox and data == fe.TERMINATE:  # connected, greeted, left: no server needed
-                self._finish("terminate")
+            if not self.inbox and data == fe.TERMINATE:  # connected, greeted, left: no server needed
+                self.close("terminate")
                 return
-            self._inbox += data
+            self.inbox += data
             if not self._attaching:
                 self._attaching = True
                 server = self._idle_server()
@@ -126,12 +120,12 @@ class ClientConnection(asyncio.Protocol):
         if relay.transactions != self._transactions and not self._tx_started:
             self._tx_started = time.monotonic()
         if relay.terminated:
-            self._finish("terminate")
+            self.close("terminate")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
-        self._finish("disconnect")
+        self.close("disconnect")
 
     def pause_writing(self) -> None:
         if self.server is not None and self.server.transport is not None:
@@ -194,9 +188,9 @@ class ClientConnection(asyncio.Protocol):
         """Send a FATAL ErrorResponse and close."""
         if self.transport is not None and not self._closed:
             self.transport.write(be.error_response(code, message, severity="FATAL", hint=hint))
-        self._finish(f"error {code}")
+        self.close(f"error {code}")
 
-    def _finish(self, reason: str) -> None:
+    def close(self, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
@@ -221,8 +215,9 @@ class ClientConnection(asyncio.Protocol):
             pool.release(server, reusable=reusable)
 
     # handshake --------------------------------------------------------------------------------
-    async def _read(self, need: int) -> None:
-        while len(self._inbox) < need:
+    async def read_at_least(self, need: int) -> None:
+        """Wait until the handshake's buffer (inbox) holds `need` bytes."""
+        while len(self.inbox) < need:
             if self._closed:
                 raise ConnectionError("client went away")
             self._wakeup = asyncio.get_running_loop().create_future()
@@ -236,13 +231,13 @@ class ClientConnection(asyncio.Protocol):
             # asyncio.timeout, not wait_for: no extra task per step of every connection's startup.
             # One deadline for the startup packet and the credentials (a password prompt included).
             async with asyncio.timeout(timeout):
-                startup = await self._read_startup()
-                if startup is None:
-                    outcome = None  # a cancel request is not a client session
-                    return
-                client, token = await self._credentials(startup)
+                self.proxy.handshakes.add(self)
+                client, token = await client_credentials(self)
             await self._begin(client, token)
             outcome = "ok"
+        except Cancelled:
+            outcome = None  # a cancel request is not a client session
+            self.close("cancel")
         except TimeoutError:
             outcome, why = "refused", "startup timed out"
             self.abort(sqlstate.PROTOCOL_VIOLATION, "rlsproxy: startup timed out")
@@ -261,7 +256,7 @@ class ClientConnection(asyncio.Protocol):
         except ConnectionError:
             if not self.bytes_in:
                 outcome = None  # connected and left without a byte: a port probe, not a client
-            self._finish("disconnect")
+            self.close("disconnect")
         except Exception:
             why = "internal error"
             log.exception("bug during client startup")
@@ -271,81 +266,7 @@ class ClientConnection(asyncio.Protocol):
             if outcome is not None:
                 self.metrics.connection_outcome(outcome)
                 if outcome != "ok":  # the successful ones are logged by _begin, with the identity
-                    log.info("client refused", extra={"peer": self._peer, "outcome": outcome, "reason": why})
-
-    async def _read_startup(self) -> StartupMessage | None:
-        self.proxy.handshakes.add(self)
-        while True:
-            await self._read(4)
-            length = startup_packet_length(self._inbox)
-            await self._read(length)
-            packet, self._inbox = self._inbox[:length], self._inbox[length:]
-            request = parse_startup_packet(packet)
-            if isinstance(request, SSLRequest):
-                await self._start_tls()
-                continue
-            if isinstance(request, GSSENCRequest):
-                # No GSSAPI encryption: 'N' tells the client to carry on (or to try TLS next).
-                assert self.transport is not None
-                self.transport.write(b"N")
-                continue
-            if isinstance(request, CancelRequest):
-                await self.proxy.cancel(request)
-                self._finish("cancel")
-                return None
-            return request
-
-    async def _start_tls(self) -> None:
-        """SSLRequest: 'S' and a TLS handshake when listen.tls is set, else 'N' (carry on in plaintext)."""
-        transport = self.transport
-        assert transport is not None
-        context = self.proxy.tls_context
-        if self.tls:
-            raise ProtocolViolation("SSLRequest on a connection that already uses TLS")
-        if context is None:
-            transport.write(b"N")
-            return
-        if self._inbox:
-            # Sent before our answer, so in plaintext: a man in the middle could have injected it.
-            raise ProtocolViolation("received unencrypted data after SSLRequest")
-        transport.write(b"S")
-        try:
-            upgraded = await asyncio.get_running_loop().start_tls(transport, self, context, server_side=True)
-        except (OSError, ssl.SSLError) as exc:
-            log.info("TLS handshake failed", extra={"peer": self._peer, "error": str(exc)})
-            self._finish("tls handshake failed")
-            raise ProtocolViolation("TLS handshake failed") from None
-        if upgraded is None:  # the client went away during the handshake
-            raise ConnectionError("client went away")
-        self.transport = upgraded
-        self.tls = True
-
-    def _refuse_insecure(self, asks_password: bool) -> None:
-        """listen.tls.require, and no token as a cleartext password from afar without TLS."""
-        listen = self.proxy.config.listen
-        if self.tls:
-            return
-        if listen.tls is not None and listen.tls.require:
-            raise ProxyError(
-                "rlsproxy: TLS is required (listen.tls.require); connect with sslmode=require",
-                code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
-                fatal=True,
-            )
-        if asks_password and not listen.allow_cleartext_password_without_tls:
-            assert self.transport is not None
-            peer = self.transport.get_extra_info("peername")
-            host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-            if not self.proxy.peer_is_local(host):
-                hint = "listen.allow_cleartext_password_without_tls: true allows it on a trusted network"
-                if listen.tls is not None:
-                    hint = "connect with sslmode=require"
-                raise AuthError(
-                    "cleartext_password",
-                    "rlsproxy: a token sent as a cleartext password without TLS is refused from a "
-                    "non-loopback address (listen.allow_cleartext_password_without_tls is false)",
-                    code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
-                    hint=hint,
-                )
+                    log.info("client refused", extra={"peer": self.peer, "outcome": outcome, "reason": why})
 
     def drain(self) -> None:
         """Shutting down: close now if between transactions, else when the transaction ends (server_data)."""
@@ -361,41 +282,6 @@ class ClientConnection(asyncio.Protocol):
     def in_handshake(self) -> bool:
         return not self._closed and self.relay is None
 
-    async def _credentials(self, startup: StartupMessage) -> tuple[ClientStartup, str | None]:
-        if self.proxy.draining:
-            raise ProxyError("rlsproxy is shutting down", code=sqlstate.CANNOT_CONNECT_NOW, fatal=True)
-        self._refuse_insecure(asks_password=False)
-        if startup.minor > 0 or startup.protocol_options:
-            assert self.transport is not None
-            self.transport.write(build_negotiate_protocol_version(0, startup.protocol_options))
-        client = read_startup(startup.params)
-        database = self.proxy.config.upstream.database
-        if client.database != database:
-            raise ProxyError(
-                f'database "{client.database}" does not exist',
-                code=sqlstate.INVALID_CATALOG_NAME,
-                fatal=True,
-                hint=f'this rlsproxy serves the database "{database}"',
-            )
-        if client.token is not None or client.anonymous_requested:
-            await self.proxy.await_keys(client.token)
-            return client, client.token
-        # No token in the startup packet: ask for it as the password (for URL-only ORMs).
-        self._refuse_insecure(asks_password=True)
-        assert self.transport is not None
-        self.transport.write(be.AUTHENTICATION_CLEARTEXT_PASSWORD)
-        await self._read(5)
-        if self._inbox[0] != codes.PASSWORD_MESSAGE:
-            raise ProtocolViolation(f"expected password response, got message type {self._inbox[0]}")
-        end = next_message(self._inbox, 0, MAX_STARTUP_PACKET_LENGTH)
-        while end < 0:
-            await self._read(len(self._inbox) + 1)
-            end = next_message(self._inbox, 0, MAX_STARTUP_PACKET_LENGTH)
-        body, self._inbox = self._inbox[5:end], self._inbox[end:]
-        password = body[:-1].decode(errors="replace") if body.endswith(b"\0") else ""
-        await self.proxy.await_keys(password or None)
-        return client, password or None
-
     def _authenticate(self, token: str | None, label: str | None) -> Identity:
         proxy = self.proxy
         verifier = proxy.authenticator.verifier
@@ -405,7 +291,7 @@ class ClientConnection(asyncio.Protocol):
             identity = proxy.authenticator.authenticate(token, label=label)
         except BypassDenied as exc:
             record_denied(
-                proxy.audit, self.metrics, exc, client=self._peer, database=proxy.config.upstream.database
+                proxy.audit, self.metrics, exc, client=self.peer, database=proxy.config.upstream.database
             )
             raise
         finally:
@@ -423,7 +309,7 @@ class ClientConnection(asyncio.Protocol):
             self.metrics,
             identity,
             session=self.key_pid,
-            client=self._peer,
+            client=self.peer,
             database=proxy.config.upstream.database,
         )
         try:
@@ -482,10 +368,10 @@ class ClientConnection(asyncio.Protocol):
         )
         log.info(
             "client connected",
-            extra={"peer": self._peer, "role": identity.role, "anonymous": identity.anonymous},
+            extra={"peer": self.peer, "role": identity.role, "anonymous": identity.anonymous},
         )
-        if self._inbox:
-            pending, self._inbox = self._inbox, b""
+        if self.inbox:
+            pending, self.inbox = self.inbox, b""
             self.bytes_in -= len(pending)  # counted when it arrived
             self.data_received(pending)
 
@@ -599,7 +485,7 @@ class ClientConnection(asyncio.Protocol):
             self._write(changed)
         relay.attach(server.state)
         server.listener = self
-        pending, self._inbox = self._inbox, b""
+        pending, self.inbox = self.inbox, b""
         self.bytes_in -= len(pending)  # counted when it arrived
         self.data_received(pending)
 

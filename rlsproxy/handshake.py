@@ -1,0 +1,154 @@
+"""A client's startup up to its credentials: the startup packet, TLS, the token or the password.
+
+It runs in the connection's handshake task and reads what the connection has buffered
+(`ClientConnection.inbox`), waiting for more with `ClientConnection.read_at_least`. What comes
+after (authenticating the token, greeting the client, attaching a server) is the connection's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import TYPE_CHECKING
+
+from rlsproxy.auth.startup import ClientStartup, read_startup
+from rlsproxy.errors import AuthError, ProtocolViolation, ProxyError
+from rlsproxy.wire import backend as be
+from rlsproxy.wire import codes, sqlstate
+from rlsproxy.wire.framing import MAX_STARTUP_PACKET_LENGTH, next_message, startup_packet_length
+from rlsproxy.wire.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    build_negotiate_protocol_version,
+    parse_startup_packet,
+)
+
+if TYPE_CHECKING:
+    from rlsproxy.server import ClientConnection
+
+log = logging.getLogger("rlsproxy.server")
+
+
+class Cancelled(Exception):
+    """The connection was a cancel request, now passed on: not a client session."""
+
+
+async def client_credentials(conn: ClientConnection) -> tuple[ClientStartup, str | None]:
+    """The client's startup parameters and its token (from the startup packet or the password)."""
+    startup = await _startup_message(conn)
+    return await _credentials(conn, startup)
+
+
+async def _startup_message(conn: ClientConnection) -> StartupMessage:
+    proxy = conn.proxy
+    while True:
+        await conn.read_at_least(4)
+        length = startup_packet_length(conn.inbox)
+        await conn.read_at_least(length)
+        packet, conn.inbox = conn.inbox[:length], conn.inbox[length:]
+        request = parse_startup_packet(packet)
+        if isinstance(request, SSLRequest):
+            await _start_tls(conn)
+            continue
+        if isinstance(request, GSSENCRequest):
+            # No GSSAPI encryption: 'N' tells the client to carry on (or to try TLS next).
+            assert conn.transport is not None
+            conn.transport.write(b"N")
+            continue
+        if isinstance(request, CancelRequest):
+            await proxy.cancel(request)
+            raise Cancelled
+        return request
+
+
+async def _start_tls(conn: ClientConnection) -> None:
+    """SSLRequest: 'S' and a TLS handshake when listen.tls is set, else 'N' (carry on in plaintext)."""
+    transport = conn.transport
+    assert transport is not None
+    context = conn.proxy.tls_context
+    if conn.tls:
+        raise ProtocolViolation("SSLRequest on a connection that already uses TLS")
+    if context is None:
+        transport.write(b"N")
+        return
+    if conn.inbox:
+        # Sent before our answer, so in plaintext: a man in the middle could have injected it.
+        raise ProtocolViolation("received unencrypted data after SSLRequest")
+    transport.write(b"S")
+    try:
+        upgraded = await asyncio.get_running_loop().start_tls(transport, conn, context, server_side=True)
+    except (OSError, ssl.SSLError) as exc:
+        log.info("TLS handshake failed", extra={"peer": conn.peer, "error": str(exc)})
+        conn.close("tls handshake failed")
+        raise ProtocolViolation("TLS handshake failed") from None
+    if upgraded is None:  # the client went away during the handshake
+        raise ConnectionError("client went away")
+    conn.transport = upgraded
+    conn.tls = True
+
+
+def _refuse_insecure(conn: ClientConnection, asks_password: bool) -> None:
+    """listen.tls.require, and no token as a cleartext password from afar without TLS."""
+    listen = conn.proxy.config.listen
+    if conn.tls:
+        return
+    if listen.tls is not None and listen.tls.require:
+        raise ProxyError(
+            "rlsproxy: TLS is required (listen.tls.require); connect with sslmode=require",
+            code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
+            fatal=True,
+        )
+    if asks_password and not listen.allow_cleartext_password_without_tls:
+        assert conn.transport is not None
+        peer = conn.transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not conn.proxy.peer_is_local(host):
+            hint = "listen.allow_cleartext_password_without_tls: true allows it on a trusted network"
+            if listen.tls is not None:
+                hint = "connect with sslmode=require"
+            raise AuthError(
+                "cleartext_password",
+                "rlsproxy: a token sent as a cleartext password without TLS is refused from a "
+                "non-loopback address (listen.allow_cleartext_password_without_tls is false)",
+                code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
+                hint=hint,
+            )
+
+
+async def _credentials(conn: ClientConnection, startup: StartupMessage) -> tuple[ClientStartup, str | None]:
+    proxy = conn.proxy
+    if proxy.draining:
+        raise ProxyError("rlsproxy is shutting down", code=sqlstate.CANNOT_CONNECT_NOW, fatal=True)
+    _refuse_insecure(conn, asks_password=False)
+    assert conn.transport is not None
+    if startup.minor > 0 or startup.protocol_options:
+        conn.transport.write(build_negotiate_protocol_version(0, startup.protocol_options))
+    client = read_startup(startup.params)
+    database = proxy.config.upstream.database
+    if client.database != database:
+        raise ProxyError(
+            f'database "{client.database}" does not exist',
+            code=sqlstate.INVALID_CATALOG_NAME,
+            fatal=True,
+            hint=f'this rlsproxy serves the database "{database}"',
+        )
+    if client.token is not None or client.anonymous_requested:
+        await proxy.await_keys(client.token)
+        return client, client.token
+    # No token in the startup packet: ask for it as the password (for URL-only ORMs).
+    _refuse_insecure(conn, asks_password=True)
+    conn.transport.write(be.AUTHENTICATION_CLEARTEXT_PASSWORD)
+    await conn.read_at_least(5)
+    if conn.inbox[0] != codes.PASSWORD_MESSAGE:
+        raise ProtocolViolation(f"expected password response, got message type {conn.inbox[0]}")
+    end = next_message(conn.inbox, 0, MAX_STARTUP_PACKET_LENGTH)
+    while end < 0:
+        await conn.read_at_least(len(conn.inbox) + 1)
+        end = next_message(conn.inbox, 0, MAX_STARTUP_PACKET_LENGTH)
+    body, conn.inbox = conn.inbox[5:end], conn.inbox[end:]
+    password = body[:-1].decode(errors="replace") if body.endswith(b"\0") else ""
+    await proxy.await_keys(password or None)
+    return client, password or None
