@@ -34,6 +34,7 @@ from rlsproxy.session.simple import (
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
+from rlsproxy.wire.framing import STREAM_AT, Leftover
 
 _HEADER = struct.Struct("!BI")  # message type, length (which counts itself, not the type byte)
 _FORWARD_ONLY = frozenset((codes.FLUSH,))
@@ -181,7 +182,8 @@ class Relay:
         # carry the token and are rewritten too.
         self._in_band_statements: dict[bytes, InBand] = {}
         self._switched = False  # an in-band switch was sent: later prefixes may need to keep one
-        self._rest = b""
+        self._rest: Leftover | None = None  # an incomplete message left over from the last read
+        self._passing = 0  # bytes still to come of large COPY data forwarded piece by piece
         self._open: Pending | None = None  # the client batch not yet ended by Sync/Query
         self._syncs_after_execute = 0
         self._copy_in = False
@@ -207,14 +209,23 @@ class Relay:
 
     # -- client to server ---------------------------------------------------------------------
     def feed_client(self, data: bytes, to_server: Chunks, to_client: Chunks) -> None:
-        if self._rest:
-            data = self._rest + data
-            self._rest = b""
         server = self.server
         assert server is not None
+        pos = fwd = 0
+        if self._passing:  # the rest of large COPY data: straight upstream
+            if len(data) <= self._passing:
+                self._passing -= len(data)
+                to_server.append(data)
+                return
+            pos, self._passing = self._passing, 0  # forwarded with what follows it, from fwd = 0
+        elif self._rest is not None:
+            whole = self._rest.add(data)
+            if whole is None:
+                return
+            self._rest = None
+            data = whole
         view = memoryview(data)
         n = len(data)
-        pos = fwd = 0
         header = _HEADER.unpack_from
         largest = self._max - 1
         while n - pos >= 5:
@@ -223,6 +234,11 @@ class Relay:
             if length < 4 or length > largest:
                 raise ProtocolViolation(f"invalid message length {length}")
             if end > n:
+                if t == codes.COPY_DATA and length >= STREAM_AT:
+                    if not self._copy_in:
+                        self._copy_started(server)
+                    self._passing = end - n
+                    pos = n
                 break
             if t == codes.QUERY:
                 fwd = self._flush(view, fwd, pos, to_server)
@@ -279,7 +295,7 @@ class Relay:
             pos = end
         self._flush(view, fwd, pos, to_server)
         if pos < n:
-            self._rest = bytes(view[pos:])
+            self._rest = Leftover(view[pos:])
 
     @staticmethod
     def _flush(view: memoryview, fwd: int, pos: int, to_server: Chunks) -> int:

@@ -26,7 +26,7 @@ from rlsproxy.session.expected import (
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
-from rlsproxy.wire.framing import FramingError
+from rlsproxy.wire.framing import STREAM_AT, FramingError, Leftover
 from rlsproxy.wire.startup import build_startup_message
 
 Chunks = list[bytes | memoryview]
@@ -52,7 +52,8 @@ class ServerState:
         self.ctx = CTX_UNPREPARED  # the plain context statement (see context.py)
         self.ctx_keeping = CTX_UNPREPARED  # the one that keeps an in-band switch
         self.pending: deque[Pending] = deque()
-        self._rest = b""  # an incomplete message left over from the last read
+        self._rest: Leftover | None = None  # an incomplete message left over from the last read
+        self._passing = 0  # bytes still to come of a large message forwarded piece by piece
         # The last successful prefix's replies (BindComplete, its DataRow, CommandComplete), byte
         # for byte. The same identity gets the same bytes every transaction: one comparison skips
         # them. Anything else (another identity, an error, a notice in between) is read message by
@@ -66,12 +67,21 @@ class ServerState:
 
     def receive(self, data: bytes, to_client: Chunks, to_server: Chunks) -> None:
         """Consume server bytes; append what the client must see, and any proxy reply to the server."""
-        if self._rest:
-            data = self._rest + data
-            self._rest = b""
+        pos = fwd = 0
+        if self._passing:  # the rest of a large DataRow or COPY data: straight to the client
+            if len(data) <= self._passing:
+                self._passing -= len(data)
+                to_client.append(data)
+                return
+            pos, self._passing = self._passing, 0  # forwarded with what follows it, from fwd = 0
+        elif self._rest is not None:
+            whole = self._rest.add(data)
+            if whole is None:
+                return
+            self._rest = None
+            data = whole
         view = memoryview(data)
         n = len(data)
-        pos = fwd = 0
         pending = self.pending
         header = _HEADER.unpack_from
         head = pending[0] if pending else None  # looked up again only when an entry ends
@@ -82,6 +92,11 @@ class ServerState:
             if length < 4 or length >= MAX_SERVER_MESSAGE:
                 raise FramingError(f"server sent an invalid message length {length}")
             if end > n:
+                # Large and the client's, forwarded unread: pass on what came, not wait for all.
+                big = length >= STREAM_AT and (t == codes.DATA_ROW or t == codes.COPY_DATA)
+                if big and (head is None or head.kind == CLIENT):
+                    self._passing = end - n
+                    pos = n
                 break
             if head is None or head.kind == CLIENT:
                 if t == codes.DATA_ROW:  # the bulk of most streams
@@ -162,7 +177,7 @@ class ServerState:
         if fwd < pos:
             to_client.append(view[fwd:pos])
         if pos < n:
-            self._rest = bytes(view[pos:])
+            self._rest = Leftover(view[pos:])
 
     @staticmethod
     def _client_error(head: Pending, raw: bytes) -> bytes | memoryview:

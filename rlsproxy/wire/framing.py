@@ -37,3 +37,31 @@ def startup_packet_length(buf: bytes | bytearray) -> int:
     if length < 8 or length > MAX_STARTUP_PACKET_LENGTH:
         raise FramingError(f"invalid startup packet length {length}")
     return length
+
+
+# A message at least this large is passed on piece by piece, as its reads arrive, where the relay
+# forwards it unread (a DataRow, COPY data): the proxy holds one read of it, never all of it.
+STREAM_AT = 64 * 1024
+
+
+class Leftover:
+    """The start of a message that did not fit in a read, kept until the message is whole.
+
+    Reads are appended to one bytearray and joined once, when the message is complete: a message
+    that takes many reads (a 40 MB value) costs time linear in its size. (Prepending the leftover to
+    every read copied it again each time: quadratic, seconds for tens of megabytes.)
+    """
+
+    __slots__ = ("_buf", "_need")
+
+    def __init__(self, rest: bytes | memoryview) -> None:
+        """`rest`: the unparsed tail of a read (the parser checked the length in its header, if any)."""
+        self._buf = bytearray(rest)
+        # Bytes the first message needs: all of it once its header is there, else the header.
+        self._need = 1 + int.from_bytes(rest[1:5], "big") if len(rest) >= HEADER else HEADER
+
+    def add(self, data: bytes) -> bytes | None:
+        """This read appended to what was kept: all of it once the first message is whole, else None."""
+        buf = self._buf
+        buf += data
+        return bytes(buf) if len(buf) >= self._need else None

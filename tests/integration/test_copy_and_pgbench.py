@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from typing import Any
@@ -38,6 +39,27 @@ def test_copy_from_stdin_and_rls_refusal(proxy: RunningProxy) -> None:
                 copy.write_row((BOB, "forged"))
         conn.rollback()
         assert conn.execute("select count(*) from notes").fetchone() == (3,)
+
+
+def test_large_values_pass_through_whole_in_both_directions(proxy: RunningProxy) -> None:
+    """Tens of megabytes in one message: a DataRow and a COPY row from the server, a Bind parameter
+    and a COPY row from the client (large rows are passed on as they arrive, not held whole)."""
+    size = 12_000_000
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
+        text = conn.execute("select repeat('ab', %s)", (size // 2,)).fetchone()[0]
+        assert len(text) == size and text[:4] == "abab" and text[-2:] == "ab"
+        value = os.urandom(size)
+        row = conn.execute("select length(%s::bytea), md5(%s::bytea)", (value, value)).fetchone()
+        assert row == (size, hashlib.md5(value).hexdigest())
+        cur = conn.cursor()
+        with cur.copy(f"COPY (SELECT repeat('c', {size})) TO STDOUT") as copy:
+            rows = [bytes(r) for r in copy]
+        assert len(rows) == 1 and len(rows[0]) == size + 1  # the row and its newline
+        cur.execute("create temp table blob (b text)")
+        with cur.copy("COPY blob (b) FROM STDIN") as copy:
+            copy.write_row(("d" * size,))
+        assert conn.execute("select length(b) from blob").fetchone() == (size,)
+        assert conn.execute("select auth.uid()::text").fetchone() == (ALICE,)  # the session goes on
 
 
 def test_pgbench_tpcb_through_proxy(proxy: RunningProxy, pg: Any) -> None:

@@ -115,6 +115,51 @@ def test_a_repeated_prefix_reply_is_skipped_whole_and_anything_else_read_message
     assert not state.pending
 
 
+def test_a_large_row_is_passed_on_as_it_arrives_and_never_held_whole() -> None:
+    relay, state = make_relay()
+    from_client(relay, extended("select big"))
+    row = be.message(codes.DATA_ROW, b"\0\x01" + (200_000).to_bytes(4, "big") + b"x" * 200_000)
+    stream = PREFIX_REPLY + PARSE_COMPLETE + BIND_COMPLETE + ROW_DESCRIPTION + row + SELECT_1 + READY_IDLE
+    seen = b""
+    for i in range(0, len(stream), 4096):
+        got = from_server(relay, stream[i : i + 4096])[0]
+        if len(PREFIX_REPLY) + 60_000 < i < len(stream) - 4096:
+            assert len(got) == 4096  # every read of the row goes on at once
+            assert state._rest is None
+        seen += got
+    assert seen == stream[len(PREFIX_REPLY) :]
+    assert not state.pending and state.tx_status == codes.TX_IDLE
+
+
+def test_a_large_message_that_must_be_read_whole_is_joined_once() -> None:
+    relay, _ = make_relay()
+    sql = "select " + "1 + " * 80_000 + "1"
+    batch = fe.parse("", sql) + fe.bind("", ()) + DESCRIBE_PORTAL + fe.execute() + fe.SYNC
+    upstream = b""
+    for i in range(0, len(batch), 1000):
+        upstream += from_client(relay, batch[i : i + 1000])[0]
+    assert upstream == PREFIX.plain + batch  # the guard saw the whole text; the bytes are unchanged
+
+
+def test_large_copy_data_from_the_client_is_passed_on_as_it_arrives() -> None:
+    relay, state = make_relay()
+    upstream, _ = from_client(relay, fe.query("copy t from stdin"))
+    assert upstream.endswith(translate(b"copy t from stdin").messages)  # its Sync waits for CopyDone
+    copy_in = be.message(codes.COPY_IN_RESPONSE, b"\0\0\0")
+    from_server(relay, PREFIX_REPLY + PARSE_COMPLETE + BIND_COMPLETE + copy_in)
+    data = be.message(codes.COPY_DATA, b"r" * 300_000)
+    stream = data + be.message(codes.COPY_DONE, b"")
+    sent = b""
+    for i in range(0, len(stream), 8192):
+        got = from_client(relay, stream[i : i + 8192])[0]
+        if 0 < i < len(data) - 8192:
+            assert len(got) == 8192
+        sent += got
+    assert sent == stream + fe.SYNC  # the proxy's Sync after the client's CopyDone
+    seen, _ = from_server(relay, be.message(codes.COMMAND_COMPLETE, b"COPY 1\0") + READY_IDLE)
+    assert seen.endswith(READY_IDLE) and not state.pending
+
+
 def test_no_prefix_inside_an_open_transaction() -> None:
     relay, state = make_relay()
     from_client(relay, extended("begin"))

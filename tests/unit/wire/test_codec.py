@@ -9,7 +9,7 @@ import pytest
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes
 from rlsproxy.wire import frontend as fe
-from rlsproxy.wire.framing import FramingError, next_message, startup_packet_length
+from rlsproxy.wire.framing import FramingError, Leftover, next_message, startup_packet_length
 from rlsproxy.wire.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -172,3 +172,19 @@ def test_error_response_round_trip() -> None:
 
 def test_parameter_status_decoder() -> None:
     assert be.parse_parameter_status(be.parameter_status("TimeZone", "UTC")[5:]) == ("TimeZone", "UTC")
+
+
+def test_leftover_gives_the_bytes_back_once_the_header_and_then_the_message_is_whole() -> None:
+    """The parser checks the length in the header first (a lying length must fail, not be waited
+    for), so a kept header-less tail comes back at 5 bytes; then nothing until the message is whole."""
+    message = b"D" + struct.pack("!i", 4 + 10) + b"0123456789"
+    for split in range(1, len(message)):
+        kept = Leftover(message[:split])
+        returned_at = []
+        for i in range(split, len(message) - 1):  # one byte at a time, the last one comes with more
+            whole = kept.add(message[i : i + 1])
+            if whole is not None:
+                returned_at.append(len(whole))
+                kept = Leftover(whole)  # what the parser does with an incomplete message
+        assert returned_at == ([5] if split < 5 else [])
+        assert kept.add(message[-1:] + b"Z") == message + b"Z"
