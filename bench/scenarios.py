@@ -16,6 +16,7 @@ from pathlib import Path
 from bench import cluster
 from bench.churn import run_churn
 from bench.idle import run_idle
+from bench.large_values import run_large
 from bench.pgbench import run_pgbench
 from bench.result import RunResult
 from bench.stack import ALL_TARGETS, BARE_RELAY, DIRECT, PGB_SESSION, PGB_TX, RLSPROXY, Login, Stack
@@ -123,6 +124,19 @@ def churn(stack: Stack) -> list[Variant]:
     ]
 
 
+def large(stack: Stack) -> list[Variant]:
+    """32 MB values read and written on one connection (bench/large_values.py)."""
+    targets = stack.available((DIRECT, PGB_SESSION, RLSPROXY, BARE_RELAY))
+    variants = []
+    for direction in ("read", "write"):
+
+        def run(s: Stack, target: str, duration_s: float, way: str = direction) -> RunResult:
+            return run_large(s.endpoint(target), duration_s, way)
+
+        variants.append(Variant("large", f"32 MB value {direction}", "MB/s", targets, run))
+    return variants
+
+
 IDLE_COUNTS = (0, 1000, 5000)
 _FDS_PER_IDLE_RUN_MARGIN = 200
 
@@ -153,6 +167,7 @@ SCENARIOS: dict[str, Callable[[Stack], list[Variant]]] = {
     "rls": rls,
     "churn": churn,
     "idle": idle,
+    "large": large,
 }
 # "micro" is in-process and runs after the others (see bench.__main__).
 ALL_SCENARIOS = (*SCENARIOS, "micro")

@@ -183,7 +183,7 @@ class Relay:
         self._in_band_statements: dict[bytes, InBand] = {}
         self._switched = False  # an in-band switch was sent: later prefixes may need to keep one
         self._rest: Leftover | None = None  # an incomplete message left over from the last read
-        self._passing = 0  # bytes still to come of large COPY data forwarded piece by piece
+        self._passing = 0  # bytes still to come of a large message forwarded piece by piece
         self._open: Pending | None = None  # the client batch not yet ended by Sync/Query
         self._syncs_after_execute = 0
         self._copy_in = False
@@ -212,7 +212,7 @@ class Relay:
         server = self.server
         assert server is not None
         pos = fwd = 0
-        if self._passing:  # the rest of large COPY data: straight upstream
+        if self._passing:  # the rest of a large Bind or COPY data: straight upstream
             if len(data) <= self._passing:
                 self._passing -= len(data)
                 to_server.append(data)
@@ -234,11 +234,20 @@ class Relay:
             if length < 4 or length > largest:
                 raise ProtocolViolation(f"invalid message length {length}")
             if end > n:
-                if t == codes.COPY_DATA and length >= STREAM_AT:
-                    if not self._copy_in:
-                        self._copy_started(server)
-                    self._passing = end - n
-                    pos = n
+                # Large COPY data, or a large Bind whose names (at its start) show it goes unchanged:
+                # pass on what came, not wait for all of it.
+                if length >= STREAM_AT:
+                    if t == codes.COPY_DATA:
+                        if not self._copy_in:
+                            self._copy_started(server)
+                        self._passing = end - n
+                        pos = n
+                    elif t == codes.BIND and self._forwards_unchanged(t, data, pos, n):
+                        if self._open is None:
+                            fwd = self._flush(view, fwd, pos, to_server)
+                            self._open_batch(server, to_server, context=True)
+                        self._passing = end - n
+                        pos = n
                 break
             if t == codes.QUERY:
                 fwd = self._flush(view, fwd, pos, to_server)

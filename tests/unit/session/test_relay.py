@@ -141,6 +141,21 @@ def test_a_large_message_that_must_be_read_whole_is_joined_once() -> None:
     assert upstream == PREFIX.plain + batch  # the guard saw the whole text; the bytes are unchanged
 
 
+def test_a_large_bind_is_passed_on_as_it_arrives_behind_its_prefix() -> None:
+    relay, _ = make_relay()
+    batch = fe.parse("", "select $1") + fe.bind("", ("p" * 300_000,)) + fe.execute() + fe.SYNC
+    upstream = b""
+    for i in range(0, len(batch), 8192):
+        got = from_client(relay, batch[i : i + 8192])[0]
+        if i == 0:
+            assert got == PREFIX.plain + batch[:8192]  # the prefix first, then the Bind so far
+        elif i < len(batch) - 8192:
+            assert len(got) == 8192
+        upstream += got
+    assert upstream == PREFIX.plain + batch
+    assert (relay.statements, relay.transactions) == (1, 1)
+
+
 def test_large_copy_data_from_the_client_is_passed_on_as_it_arrives() -> None:
     relay, state = make_relay()
     upstream, _ = from_client(relay, fe.query("copy t from stdin"))
