@@ -475,14 +475,16 @@ class ClientConnection(asyncio.Protocol):
         if self._closed or server.state is None or relay is None:
             return
         # Values the greeting could not know (a server restarted with another version, say).
-        own = {name.lower() for name, _ in self._settings}  # reported after the pipelined settings
-        changed = [
-            be.parameter_status(k, v)
-            for k, v in server.state.params.items()
-            if self._greeted.get(k) != v and k.lower() not in own
-        ]
-        if changed:
-            self._write(changed)
+        params = server.state.params
+        if params != self._greeted:  # usually equal: the greeting came from such a server
+            own = {name.lower() for name, _ in self._settings}  # reported after the pipelined settings
+            changed = [
+                be.parameter_status(k, v)
+                for k, v in params.items()
+                if self._greeted.get(k) != v and k.lower() not in own
+            ]
+            if changed:
+                self._write(changed)
         relay.attach(server.state)
         server.listener = self
         pending, self.inbox = self.inbox, b""
