@@ -34,7 +34,7 @@ from rlsproxy.session.simple import (
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
-from rlsproxy.wire.framing import STREAM_AT, Leftover
+from rlsproxy.wire.framing import STREAM_AT, Carry
 
 _HEADER = struct.Struct("!BI")  # message type, length (which counts itself, not the type byte)
 _FORWARD_ONLY = frozenset((codes.FLUSH,))
@@ -182,8 +182,7 @@ class Relay:
         # carry the token and are rewritten too.
         self._in_band_statements: dict[bytes, InBand] = {}
         self._switched = False  # an in-band switch was sent: later prefixes may need to keep one
-        self._rest: Leftover | None = None  # an incomplete message left over from the last read
-        self._passing = 0  # bytes still to come of a large message forwarded piece by piece
+        self._carry: Carry | None = None  # what the last read left: see wire.framing.Carry
         self._open: Pending | None = None  # the client batch not yet ended by Sync/Query
         self._syncs_after_execute = 0
         self._copy_in = False
@@ -212,18 +211,12 @@ class Relay:
         server = self.server
         assert server is not None
         pos = fwd = 0
-        if self._passing:  # the rest of a large Bind or COPY data: straight upstream
-            if len(data) <= self._passing:
-                self._passing -= len(data)
-                to_server.append(data)
+        if self._carry is not None:  # the rest of a large message, or of one kept from the last read
+            resumed = self._carry.resume(data, to_server)
+            if resumed is None:
                 return
-            pos, self._passing = self._passing, 0  # forwarded with what follows it, from fwd = 0
-        elif self._rest is not None:
-            whole = self._rest.add(data)
-            if whole is None:
-                return
-            self._rest = None
-            data = whole
+            self._carry = None
+            data, pos = resumed
         view = memoryview(data)
         n = len(data)
         header = _HEADER.unpack_from
@@ -240,13 +233,13 @@ class Relay:
                     if t == codes.COPY_DATA:
                         if not self._copy_in:
                             self._copy_started(server)
-                        self._passing = end - n
+                        self._carry = Carry(passing=end - n)
                         pos = n
                     elif t == codes.BIND and self._forwards_unchanged(t, data, pos, n):
                         if self._open is None:
                             fwd = self._flush(view, fwd, pos, to_server)
                             self._open_batch(server, to_server, context=True)
-                        self._passing = end - n
+                        self._carry = Carry(passing=end - n)
                         pos = n
                 break
             if t == codes.QUERY:
@@ -304,7 +297,7 @@ class Relay:
             pos = end
         self._flush(view, fwd, pos, to_server)
         if pos < n:
-            self._rest = Leftover(view[pos:])
+            self._carry = Carry(kept=view[pos:])
 
     @staticmethod
     def _flush(view: memoryview, fwd: int, pos: int, to_server: Chunks) -> int:

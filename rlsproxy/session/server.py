@@ -26,7 +26,7 @@ from rlsproxy.session.expected import (
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
-from rlsproxy.wire.framing import STREAM_AT, FramingError, Leftover
+from rlsproxy.wire.framing import STREAM_AT, Carry, FramingError
 from rlsproxy.wire.startup import build_startup_message
 
 Chunks = list[bytes | memoryview]
@@ -52,8 +52,7 @@ class ServerState:
         self.ctx = CTX_UNPREPARED  # the plain context statement (see context.py)
         self.ctx_keeping = CTX_UNPREPARED  # the one that keeps an in-band switch
         self.pending: deque[Pending] = deque()
-        self._rest: Leftover | None = None  # an incomplete message left over from the last read
-        self._passing = 0  # bytes still to come of a large message forwarded piece by piece
+        self._carry: Carry | None = None  # what the last read left: see wire.framing.Carry
         # The last successful prefix's replies (BindComplete, its DataRow, CommandComplete), byte
         # for byte. The same identity gets the same bytes every transaction: one comparison skips
         # them. Anything else (another identity, an error, a notice in between) is read message by
@@ -68,18 +67,12 @@ class ServerState:
     def receive(self, data: bytes, to_client: Chunks, to_server: Chunks) -> None:
         """Consume server bytes; append what the client must see, and any proxy reply to the server."""
         pos = fwd = 0
-        if self._passing:  # the rest of a large DataRow or COPY data: straight to the client
-            if len(data) <= self._passing:
-                self._passing -= len(data)
-                to_client.append(data)
+        if self._carry is not None:  # the rest of a large message, or of one kept from the last read
+            resumed = self._carry.resume(data, to_client)
+            if resumed is None:
                 return
-            pos, self._passing = self._passing, 0  # forwarded with what follows it, from fwd = 0
-        elif self._rest is not None:
-            whole = self._rest.add(data)
-            if whole is None:
-                return
-            self._rest = None
-            data = whole
+            self._carry = None
+            data, pos = resumed
         view = memoryview(data)
         n = len(data)
         pending = self.pending
@@ -95,7 +88,7 @@ class ServerState:
                 # Large and the client's, forwarded unread: pass on what came, not wait for all.
                 big = length >= STREAM_AT and (t == codes.DATA_ROW or t == codes.COPY_DATA)
                 if big and (head is None or head.kind == CLIENT):
-                    self._passing = end - n
+                    self._carry = Carry(passing=end - n)
                     pos = n
                 break
             if head is None or head.kind == CLIENT:
@@ -177,7 +170,7 @@ class ServerState:
         if fwd < pos:
             to_client.append(view[fwd:pos])
         if pos < n:
-            self._rest = Leftover(view[pos:])
+            self._carry = Carry(kept=view[pos:])
 
     @staticmethod
     def _client_error(head: Pending, raw: bytes) -> bytes | memoryview:

@@ -44,24 +44,34 @@ def startup_packet_length(buf: bytes | bytearray) -> int:
 STREAM_AT = 64 * 1024
 
 
-class Leftover:
-    """The start of a message that did not fit in a read, kept until the message is whole.
+class Carry:
+    """What one read leaves to the next: the rest of a large message being passed on as it comes
+    (`passing`), or the start of a message kept until it is whole.
 
-    Reads are appended to one bytearray and joined once, when the message is complete: a message
+    A kept message is collected in one bytearray and joined once, when it is complete: a message
     that takes many reads (a 40 MB value) costs time linear in its size. (Prepending the leftover to
     every read copied it again each time: quadratic, seconds for tens of megabytes.)
     """
 
-    __slots__ = ("_buf", "_need")
+    __slots__ = ("_buf", "_need", "_passing")
 
-    def __init__(self, rest: bytes | memoryview) -> None:
-        """`rest`: the unparsed tail of a read (the parser checked the length in its header, if any)."""
-        self._buf = bytearray(rest)
-        # Bytes the first message needs: all of it once its header is there, else the header.
-        self._need = 1 + int.from_bytes(rest[1:5], "big") if len(rest) >= HEADER else HEADER
+    def __init__(self, *, passing: int = 0, kept: bytes | memoryview = b"") -> None:
+        self._passing = passing
+        self._buf = bytearray(kept)
+        # Bytes the first kept message needs: all of it once its header is there, else the header
+        # (the parser checks the length in it first: a lying length must fail, not be waited for).
+        self._need = 1 + int.from_bytes(kept[1:5], "big") if len(kept) >= HEADER else HEADER
 
-    def add(self, data: bytes) -> bytes | None:
-        """This read appended to what was kept: all of it once the first message is whole, else None."""
+    def resume(self, data: bytes, out: list[bytes | memoryview]) -> tuple[bytes, int] | None:
+        """Take the next read. None: it was used up (passed on to `out`, or kept). Else the bytes to
+        parse and where the next message starts; what comes before it is still to be forwarded
+        with what follows (the parser's run starts at 0). The carry is then spent."""
+        if self._passing:
+            if len(data) <= self._passing:
+                self._passing -= len(data)
+                out.append(data)
+                return None
+            return data, self._passing
         buf = self._buf
         buf += data
-        return bytes(buf) if len(buf) >= self._need else None
+        return (bytes(buf), 0) if len(buf) >= self._need else None

@@ -9,7 +9,7 @@ import pytest
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes
 from rlsproxy.wire import frontend as fe
-from rlsproxy.wire.framing import FramingError, Leftover, next_message, startup_packet_length
+from rlsproxy.wire.framing import Carry, FramingError, next_message, startup_packet_length
 from rlsproxy.wire.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -174,17 +174,27 @@ def test_parameter_status_decoder() -> None:
     assert be.parse_parameter_status(be.parameter_status("TimeZone", "UTC")[5:]) == ("TimeZone", "UTC")
 
 
-def test_leftover_gives_the_bytes_back_once_the_header_and_then_the_message_is_whole() -> None:
+def test_a_kept_message_comes_back_once_its_header_and_then_all_of_it_is_there() -> None:
     """The parser checks the length in the header first (a lying length must fail, not be waited
     for), so a kept header-less tail comes back at 5 bytes; then nothing until the message is whole."""
     message = b"D" + struct.pack("!i", 4 + 10) + b"0123456789"
     for split in range(1, len(message)):
-        kept = Leftover(message[:split])
+        carry = Carry(kept=message[:split])
         returned_at = []
         for i in range(split, len(message) - 1):  # one byte at a time, the last one comes with more
-            whole = kept.add(message[i : i + 1])
-            if whole is not None:
-                returned_at.append(len(whole))
-                kept = Leftover(whole)  # what the parser does with an incomplete message
+            resumed = carry.resume(message[i : i + 1], [])
+            if resumed is not None:
+                returned_at.append(len(resumed[0]))
+                carry = Carry(kept=resumed[0])  # what the parser does with an incomplete message
         assert returned_at == ([5] if split < 5 else [])
-        assert kept.add(message[-1:] + b"Z") == message + b"Z"
+        assert carry.resume(message[-1:] + b"Z", []) == (message + b"Z", 0)
+
+
+def test_a_passing_message_goes_out_read_by_read_and_the_next_one_is_parsed() -> None:
+    carry = Carry(passing=10)
+    out: list[bytes | memoryview] = []
+    assert carry.resume(b"0123", out) is None
+    assert carry.resume(b"4567", out) is None
+    # Two more bytes of it, then the next message: parsing resumes there, the two still to forward.
+    assert carry.resume(b"89Zxyz", out) == (b"89Zxyz", 2)
+    assert out == [b"0123", b"4567"]
