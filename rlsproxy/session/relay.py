@@ -41,6 +41,7 @@ _FORWARD_ONLY = frozenset((codes.FLUSH,))
 _EXTENDED = frozenset((codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE))
 _PORTAL = ord("P")
 _RESERVED = RESERVED_NAME_PREFIX.encode()
+_LITERAL_CHARS = b"0123456789'$"  # what numbers, strings and dollar quotes are made of
 _LOWER_R = _RESERVED[0]  # a name whose first byte is not r or R (byte | 0x20) is not reserved
 
 
@@ -57,9 +58,10 @@ class Classifier:
 
     A simple Query's text often carries its values as literals, so it is new each time: for those,
     what is cheap to decide again is not kept (a text the plain-text check allows, about half a
-    microsecond, and a single statement's translation). Caching them cost more than it saved, and
-    a flood of such one-off texts evicted the verdicts worth keeping (a full parse is 50-400 µs).
-    A Parse's text has placeholders instead and comes again: every verdict is kept.
+    microsecond, if it has digits or quotes, and a single statement's translation). Caching them
+    cost more than it saved, and a flood of such one-off texts evicted the verdicts worth keeping
+    (a full parse is 50-400 µs). Texts without literal values (BEGIN, COMMIT, ...) come again and
+    are kept. A Parse's text has placeholders instead and comes again: every verdict is kept.
     FIFO-bounded OrderedDicts: popping a plain dict's oldest key (next(iter(d))) walks the slots
     freed by earlier pops, microseconds per statement when every text is new.
     """
@@ -77,6 +79,8 @@ class Classifier:
             return found
         text = decode_sql(sql)[0]
         if plain_text_allows(text):
+            if len(sql.translate(None, _LITERAL_CHARS)) == len(sql):  # no values in it: comes again
+                self._keep(sql, ALLOW)
             return ALLOW
         return self._decide(sql, text)
 
@@ -89,10 +93,13 @@ class Classifier:
 
     def _decide(self, sql: bytes, text: str) -> Verdict:
         result = self._guard.check(text)
+        self._keep(sql, result)
+        return result
+
+    def _keep(self, sql: bytes, verdict: Verdict) -> None:
         if len(self._cache) >= self._max:
             self._cache.popitem(last=False)
-        self._cache[sql] = result
-        return result
+        self._cache[sql] = verdict
 
     def translation(self, sql: bytes) -> Translation:
         if single_statement(sql):

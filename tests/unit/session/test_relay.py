@@ -294,3 +294,19 @@ def test_internal_exchange_replies_are_swallowed_and_end_it() -> None:
     # ParameterStatus belongs to the client whoever caused it (a startup setting, say), and is noted.
     assert seen == status and ended == [0]
     assert state.params["application_name"] == "x"
+
+
+def test_the_classifier_keeps_what_comes_again_and_what_is_costly() -> None:
+    classifier = Classifier(Guard(0), max_entries=3)
+    one_offs = [f"select abalance from pgbench_accounts where aid = {i}".encode() for i in range(10)]
+    costly = b"do $$ begin perform 1; end $$"
+    assert classifier.query_verdict(costly).action == "allow"  # a full parse: kept
+    for sql in one_offs:  # literal values, allowed from the text alone: not kept, nothing evicted
+        assert classifier.query_verdict(sql).action == "allow"
+    assert classifier.query_verdict(b"BEGIN").action == "allow"  # no values in it: kept
+    assert list(classifier._cache) == [costly, b"BEGIN"]
+    assert classifier.query_verdict(b"set role postgres").action == "refuse"
+    assert b"set role postgres" in classifier._cache
+    # A Parse's text has placeholders and comes again: kept whatever decided it.
+    assert classifier.verdict(b"select 1 where $1 = 2").action == "allow"
+    assert b"select 1 where $1 = 2" in classifier._cache and costly not in classifier._cache  # FIFO
