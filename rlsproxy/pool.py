@@ -192,14 +192,13 @@ class _SslNegotiation(asyncio.Protocol):
             self.answer.set_exception(ConnectionResetError("upstream closed the connection after SSLRequest"))
 
 
-@functools.lru_cache(maxsize=1024)  # clients of one app send the same few settings on every connect
 def settings_exchange(baseline: Settings, settings: Settings) -> bytes:
     """What gives a session started with `baseline` the client's settings: nothing when they are
     its startup settings (RESET ALL keeps them, too), else the exchange."""
     return b"" if baseline == settings else settings_messages(settings)
 
 
-@functools.lru_cache(maxsize=1024)  # a few distinct sets of settings, one per app, each built once
+@functools.lru_cache(maxsize=1024)  # clients of one app send the same few settings on every connect
 def settings_messages(settings: tuple[tuple[str, str], ...]) -> bytes:
     """One exchange (ending with Sync) that sets each (name, value) at session level, or b"" for none."""
     body = b"".join(
