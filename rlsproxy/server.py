@@ -419,7 +419,7 @@ class ClientConnection(asyncio.Protocol):
             self._pipeline_settings(server)
             return
         errors = await server.apply_settings(self._settings)
-        if self._closed:  # the client left meanwhile; _finish already gave the connection back
+        if self._closed:  # the client left meanwhile; close() already gave the connection back
             raise ConnectionError("client went away")
         if errors:
             first = errors[0]
