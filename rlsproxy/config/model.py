@@ -104,7 +104,7 @@ class AuditConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     startup_timeout_s: float = 10.0
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 64 * 1024 * 1024  # held whole; larger Binds and COPY data pass read by read
     guard_cache_size: int = 10_000
     shutdown_timeout_s: float = 30.0  # SIGTERM: how long open transactions may take to finish
 

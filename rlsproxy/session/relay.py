@@ -41,6 +41,7 @@ _FORWARD_ONLY = frozenset((codes.FLUSH,))
 _EXTENDED = frozenset((codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE))
 _PORTAL = ord("P")
 _RESERVED = RESERVED_NAME_PREFIX.encode()
+_POSTGRES_LARGEST = 0x3FFFFFFF  # Postgres refuses longer Bind and COPY data (PQ_LARGE_MESSAGE_LIMIT)
 _LITERAL_CHARS = b"0123456789'$"  # what numbers, strings and dollar quotes are made of
 _LOWER_R = _RESERVED[0]  # a name whose first byte is not r or R (byte | 0x20) is not reserved
 
@@ -232,7 +233,7 @@ class Relay:
             t, length = header(data, pos)
             end = pos + 1 + length
             if length < 4 or length > largest:
-                raise ProtocolViolation(f"invalid message length {length}")
+                self._check_length(t, length, data, pos, min(end, n))
             if end > n:
                 # Large COPY data, or a large Bind whose names (at its start) show it goes unchanged:
                 # pass on what came, not wait for all of it.
@@ -305,6 +306,19 @@ class Relay:
         self._flush(view, fwd, pos, to_server)
         if pos < n:
             self._carry = Carry(kept=view[pos:])
+
+    def _check_length(self, t: int, length: int, data: bytes, pos: int, stop: int) -> None:
+        """A length below 4 is never valid. Above the limit (limits.max_message_bytes), only what is
+        passed on read by read, never held whole, may go: COPY data and a Bind that goes unchanged,
+        up to Postgres' own limit (1 GB)."""
+        if length < 4:
+            raise ProtocolViolation(f"invalid message length {length}")
+        passes = t == codes.COPY_DATA or (t == codes.BIND and self._forwards_unchanged(t, data, pos, stop))
+        if not passes or length > _POSTGRES_LARGEST:
+            raise ProtocolViolation(
+                f"a message of {length + 1} bytes is larger than the proxy's limit of {self._max} "
+                "(limits.max_message_bytes)"
+            )
 
     @staticmethod
     def _flush(view: memoryview, fwd: int, pos: int, to_server: Chunks) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from rlsproxy.config import LimitsConfig
 from rlsproxy.devcluster import ALICE, BOB
 from tests.integration.conftest import token_for
 from tests.support.proxy import RunningProxy
@@ -60,6 +61,24 @@ def test_large_values_pass_through_whole_in_both_directions(proxy: RunningProxy)
             copy.write_row(("d" * size,))
         assert conn.execute("select length(b) from blob").fetchone() == (size,)
         assert conn.execute("select auth.uid()::text").fetchone() == (ALICE,)  # the session goes on
+
+
+def test_values_larger_than_the_message_limit_pass_when_the_proxy_need_not_hold_them(make_proxy: Any) -> None:
+    """limits.max_message_bytes bounds what the proxy holds whole (a statement text for the guard);
+    a bind parameter or a COPY row larger than it is passed on as it arrives."""
+    proxy = make_proxy(limits=LimitsConfig(startup_timeout_s=2.0, max_message_bytes=1024 * 1024))
+    size = 3_000_000
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
+        value = os.urandom(size)
+        assert conn.execute("select md5(%s::bytea)", (value,)).fetchone() == (hashlib.md5(value).hexdigest(),)
+        cur = conn.cursor()
+        cur.execute("create temp table blob (b text)")
+        with cur.copy("COPY blob (b) FROM STDIN") as copy:
+            copy.write_row(("d" * size,))
+        assert conn.execute("select length(b) from blob").fetchone() == (size,)
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
+        with pytest.raises(psycopg.OperationalError, match="max_message_bytes"):
+            conn.execute("select length('" + "t" * size + "')")  # a text the guard must read whole
 
 
 def test_pgbench_tpcb_through_proxy(proxy: RunningProxy, pg: Any) -> None:

@@ -275,6 +275,26 @@ def test_malformed_length_is_a_protocol_violation() -> None:
         from_client(relay, b"P\x00\x00\x00\x02")
 
 
+def test_the_message_limit_applies_to_what_the_proxy_must_hold_whole() -> None:
+    def small_relay() -> Relay:
+        relay = Relay(PREFIX, Classifier(Guard(0)), max_message=100_000)
+        state = ServerState({}, 1, b"k")
+        state.ctx = CTX_PREPARED
+        relay.attach(state)
+        return relay
+
+    batch = fe.parse("", "select $1") + fe.bind("", ("b" * 300_000,)) + fe.execute() + fe.SYNC
+    relay = small_relay()
+    upstream = b"".join(from_client(relay, batch[i : i + 65536])[0] for i in range(0, len(batch), 65536))
+    assert upstream == PREFIX.plain + batch  # passed on read by read: never held, so allowed
+    too_long = fe.parse("", "select '" + "p" * 300_000 + "'") + fe.SYNC
+    with pytest.raises(ProxyError, match="larger than the proxy's limit of 100000"):
+        from_client(small_relay(), too_long[:65536])  # a Parse must be held whole for the guard
+    reserved = fe.bind("rlsproxy_ctx", ("b" * 300_000,))
+    with pytest.raises(ProxyError, match=r"limits\.max_message_bytes"):
+        from_client(small_relay(), reserved[:65536])  # a Bind that is not passed on unchanged
+
+
 def test_lost_connection_ends_the_proxys_own_exchanges_with_an_error() -> None:
     state = ServerState({}, 1, b"k")
     ended: list[list[dict[str, str]]] = []
