@@ -65,7 +65,14 @@ _LEADING_WORD: Final = re.compile(r"[ \t\n\r\f\v]*([A-Za-z]+)(?![\w$]|[^\x00-\x7
 _TRAILING: Final = " \t\n\r\f\v;"
 # Lower-case substrings after which only the scanner can tell: watched names anywhere (even in a
 # string), "prepared" (COMMIT PREPARED), "&" (U& escapes), ";" before the end (several statements).
-_DEFER: Final = (*_WATCHED, "prepared", "&", "\0")
+# (query_to_xml stands for its longer variants, which contain it.)
+_DEFER: Final = (
+    *(word for word in _WATCHED if not word.startswith("query_to_xml")),
+    "query_to_xml",
+    "prepared",
+    "&",
+    "\0",
+)
 
 
 def plain_text_allows(sql: str) -> bool | None:
