@@ -34,13 +34,11 @@ class Translation(NamedTuple):  # a tuple: built per distinct text on the hot pa
 
 
 _AFTER_PARSE = BIND_UNNAMED + DESCRIBE_UNNAMED_PORTAL + EXECUTE_ALL
-_PARSE = codes.PARSE.to_bytes(1, "big")
 
 
 def _statement(sql: bytes) -> bytes:
-    # Parse: unnamed statement, the text, no parameter types; its length counts itself (4), the
-    # name's NUL, the text's NUL and the parameter count (2).
-    return _PARSE + (len(sql) + 8).to_bytes(4, "big") + b"\0" + sql + b"\0\0\0" + _AFTER_PARSE
+    parse = message(codes.PARSE, b"\0" + sql + b"\0\0\0")  # unnamed, no parameter types
+    return parse + _AFTER_PARSE
 
 
 def decode_sql(raw: bytes) -> tuple[str, str]:
