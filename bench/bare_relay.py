@@ -21,8 +21,8 @@ from bench.ports import free_port, start_logged, stop_process
 HOST = "127.0.0.1"
 
 
-class _Upstream(asyncio.Protocol):
-    def __init__(self, client: _Client) -> None:
+class Upstream(asyncio.Protocol):
+    def __init__(self, client: Client) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
 
@@ -38,11 +38,11 @@ class _Upstream(asyncio.Protocol):
             self.client.transport.close()
 
 
-class _Client(asyncio.Protocol):
+class Client(asyncio.Protocol):
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream_address = upstream
         self.transport: asyncio.Transport | None = None
-        self.upstream: _Upstream | None = None
+        self.upstream: Upstream | None = None
         self.early: list[bytes] = []  # what came before the upstream connection was up
         self.task: asyncio.Task[None] | None = None  # held so the connecting task is not collected
 
@@ -52,12 +52,15 @@ class _Client(asyncio.Protocol):
 
     async def _connect(self) -> None:
         host, port = self.upstream_address
-        _, upstream = await asyncio.get_running_loop().create_connection(lambda: _Upstream(self), host, port)
+        _, upstream = await asyncio.get_running_loop().create_connection(self.make_upstream, host, port)
         self.upstream = upstream
         assert upstream.transport is not None
         for data in self.early:
             upstream.transport.write(data)
         self.early.clear()
+
+    def make_upstream(self) -> Upstream:
+        return Upstream(self)
 
     def data_received(self, data: bytes) -> None:
         if self.upstream is None or self.upstream.transport is None:
@@ -71,7 +74,7 @@ class _Client(asyncio.Protocol):
 
 
 async def _serve(port: int, upstream: tuple[str, int]) -> None:
-    server = await asyncio.get_running_loop().create_server(lambda: _Client(upstream), HOST, port)
+    server = await asyncio.get_running_loop().create_server(lambda: Client(upstream), HOST, port)
     await server.serve_forever()
 
 

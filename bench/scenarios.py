@@ -19,7 +19,17 @@ from bench.idle import run_idle
 from bench.large_values import run_large
 from bench.pgbench import run_pgbench
 from bench.result import RunResult
-from bench.stack import ALL_TARGETS, BARE_RELAY, DIRECT, PGB_SESSION, PGB_TX, RLSPROXY, Login, Stack
+from bench.stack import (
+    ALL_TARGETS,
+    BARE_RELAY,
+    CONTEXT_RELAY,
+    DIRECT,
+    PGB_SESSION,
+    PGB_TX,
+    RLSPROXY,
+    Login,
+    Stack,
+)
 from rlsproxy.devcluster import ALICE
 
 Runner = Callable[[Stack, str, float], RunResult]
@@ -51,12 +61,13 @@ def pgbench_runner(
 def select_only(stack: Stack) -> list[Variant]:
     """pgbench -S at 8 and 32 clients in each query mode. PgBouncer 1.18 cannot keep prepared
     statements across transactions in transaction mode, so -M prepared skips pgb-tx. The bare
-    relay shows what the Python runtime alone costs."""
+    relay shows what the Python runtime alone costs, the context relay what it and the RLS
+    context cost together (Postgres doing rlsproxy's per-transaction work)."""
     variants = []
     for clients in (8, 32):
         for mode in ("simple", "extended", "prepared"):
             targets = ALL_TARGETS if mode != "prepared" else (DIRECT, PGB_SESSION, RLSPROXY)
-            targets = (*targets, BARE_RELAY)
+            targets = (*targets, BARE_RELAY, CONTEXT_RELAY)
             args = ["-S", "-c", str(clients), "-j", "2", "-M", mode]
             variants.append(
                 Variant(

@@ -6,19 +6,25 @@ A target is one way of reaching the same database:
   pgb-tx       PgBouncer, transaction pooling
   rlsproxy     rlsproxy (session pooling; every transaction runs as the token's identity)
   bare-relay   bench/bare_relay.py: bytes copied by uvloop, nothing else (the floor for Python)
+  context-relay  bench/context_relay.py: the bare relay plus rlsproxy's context prefix per
+               transaction, pgbench -S only (the floor for a Python proxy that sets the context)
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import jwt
+
 from bench.bare_relay import RelayProcess
 from bench.cluster import clean_env, start_cluster
+from bench.context_relay import ContextRelayProcess
 from bench.pgbouncer import INSTALL_HINT, POOL_SIZE, PgBouncerProcess, find_pgbouncer
 from bench.proxy import JWT_SECRET, POOL_MAX_SIZE, ProxyProcess
 from rlsproxy.auth.mint import mint_token
@@ -26,6 +32,7 @@ from rlsproxy.devcluster import ALICE, AUTHENTICATOR_PASSWORD, DevCluster
 
 DIRECT, PGB_SESSION, PGB_TX, RLSPROXY = "direct", "pgb-session", "pgb-tx", "rlsproxy"
 BARE_RELAY = "bare-relay"
+CONTEXT_RELAY = "context-relay"
 Say = Callable[[str], None]  # progress output
 
 ALL_TARGETS = (DIRECT, PGB_SESSION, PGB_TX, RLSPROXY)
@@ -57,6 +64,12 @@ def alice_token() -> str:
     return mint_token(JWT_SECRET, sub=ALICE, role="authenticated", ttl_s=TOKEN_TTL_S)
 
 
+def alice_claims_json() -> str:
+    """Claims shaped like those rlsproxy sets for alice_token(), for the context relay."""
+    claims = jwt.decode(alice_token(), options={"verify_signature": False})
+    return json.dumps(claims, separators=(",", ":"), sort_keys=True)
+
+
 class Stack:
     """The cluster, rlsproxy and (when installed) PgBouncer."""
 
@@ -67,17 +80,20 @@ class Stack:
         pgbouncer: PgBouncerProcess | None,
         workdir: Path,
         relay: RelayProcess,
+        context_relay: ContextRelayProcess,
     ) -> None:
         self.pg = pg
         self.workdir = workdir  # scratch space for scripts, removed with the stack
         self.proxy = proxy
         self.pgbouncer = pgbouncer
         self.relay = relay
+        self.context_relay = context_relay
         self.token = alice_token()
 
     @property
     def targets(self) -> tuple[str, ...]:
-        return (*ALL_TARGETS, BARE_RELAY) if self.pgbouncer is not None else (DIRECT, RLSPROXY, BARE_RELAY)
+        relays = (BARE_RELAY, CONTEXT_RELAY)
+        return (*ALL_TARGETS, *relays) if self.pgbouncer is not None else (DIRECT, RLSPROXY, *relays)
 
     def available(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(t for t in wanted if t in self.targets)
@@ -92,6 +108,9 @@ class Stack:
         if target == BARE_RELAY:  # to Postgres as direct does, through the relay
             relay = self.relay
             return Endpoint(target, relay.host, relay.port, "app", "postgres", env, relay.pid)
+        if target == CONTEXT_RELAY:  # logs in as direct does; sets the token's role and claims
+            ctx = self.context_relay
+            return Endpoint(target, ctx.host, ctx.port, "app", "postgres", env, ctx.pid)
         if target == RLSPROXY:
             # The user name is ignored by the proxy: the token decides who the client is.
             env["PGOPTIONS"] = f"-c rlsproxy.jwt={self.token}"
@@ -124,9 +143,13 @@ def running_stack(say: Say) -> Iterator[Stack]:
                 say(f"rlsproxy pid {proxy.pid} on {proxy.host}:{proxy.port}")
                 bouncer = _start_pgbouncer(pg, _subdir(workdir, "pgbouncer"), say)
                 relay = RelayProcess(pg.host, pg.port, _subdir(workdir, "relay"))
+                context_relay = ContextRelayProcess(
+                    pg.host, pg.port, "authenticated", alice_claims_json(), _subdir(workdir, "context-relay")
+                )
                 try:
-                    yield Stack(pg, proxy, bouncer, _subdir(workdir, "scratch"), relay)
+                    yield Stack(pg, proxy, bouncer, _subdir(workdir, "scratch"), relay, context_relay)
                 finally:
+                    context_relay.stop()
                     relay.stop()
                     if bouncer is not None:
                         bouncer.stop()
