@@ -21,6 +21,11 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def postmaster_pid(pg: DevCluster) -> int:
+    """The running postmaster's pid (first line of postmaster.pid)."""
+    return int((pg.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
 def start_cluster(max_connections: int) -> DevCluster:
     """Start a DevCluster with the demo schema and pgbench's tables; the caller destroys it."""
     pg = DevCluster()

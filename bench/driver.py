@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from bench import cluster
 from bench.micro import run_micro
 from bench.pgbench import run_pgbench
-from bench.procstat import cpu_seconds
+from bench.procstat import cpu_seconds, tree_cpu_seconds
 from bench.result import Measurement
 from bench.scenarios import Variant
 from bench.stack import Say, Stack
 from bench.stats import per_thousand
+
+_SETTLE_S = 0.3
 
 
 class ProxyDied(RuntimeError):
@@ -49,11 +51,17 @@ def run_rounds(
 
 def measure(stack: Stack, variant: Variant, target: str, round_no: int, duration_s: float) -> Measurement:
     pid = stack.endpoint(target).middle_pid
+    postmaster = cluster.postmaster_pid(stack.pg)
     cpu_before = cpu_seconds(pid) if pid else None
+    pg_before = tree_cpu_seconds(postmaster)
     started = time.monotonic()
     result = variant.run(stack, target, duration_s)
     wall = time.monotonic() - started
     cpu = cpu_seconds(pid) - cpu_before if pid and cpu_before is not None else None
+    # Backends of clients that just left end and are reaped within milliseconds; one read while
+    # that happens could miss one, so Postgres is read once they are gone.
+    time.sleep(_SETTLE_S)
+    pg_cpu = tree_cpu_seconds(postmaster) - pg_before
     return Measurement(
         scenario=variant.scenario,
         variant=variant.name,
@@ -67,6 +75,7 @@ def measure(stack: Stack, variant: Variant, target: str, round_no: int, duration
         wall_s=round(wall, 2),
         errors=result.errors,
         extra=result.extra,
+        pg_cpu_s_per_1k=per_thousand(pg_cpu, result.work),
     )
 
 

@@ -22,6 +22,35 @@ def cpu_seconds(pid: int) -> float:
     return parse_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
 
 
+def parse_tree_fields(stat_line: str, ticks_per_second: int = _CLOCK_TICKS) -> tuple[int, float, float]:
+    """(parent pid, own utime + stime, cutime + cstime of its children already waited for) in seconds."""
+    rest = stat_line[stat_line.rindex(")") + 2 :].split()
+    own = (int(rest[11]) + int(rest[12])) / ticks_per_second
+    reaped = (int(rest[13]) + int(rest[14])) / ticks_per_second
+    return int(rest[1]), own, reaped
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of a process and its children, live or ended: Postgres' postmaster and its backends.
+
+    A backend that exited (a direct connection's, a pooler's reconnect) is in the postmaster's
+    cutime/cstime once reaped; live ones are read one by one.
+    """
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent, own, reaped = parse_tree_fields((entry / "stat").read_text())
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended while we looked
+        if int(entry.name) == root:
+            total += own + reaped
+        elif parent == root:
+            total += own
+    return total
+
+
 def parse_status_kib(status: str, field: str) -> int | None:
     """A "kB" field of /proc/PID/status (e.g. VmRSS), in KiB."""
     for line in status.splitlines():

@@ -31,6 +31,7 @@ class Row:
     ratios: dict[str, float | None]  # baseline target -> median of per-round ratios
     cpu_s_per_1k: float | None
     runs_with_errors: int
+    pg_cpu_s_per_1k: float | None = None
 
 
 def build_rows(measurements: list[Measurement], rounds: int) -> list[Row]:
@@ -48,6 +49,7 @@ def build_rows(measurements: list[Measurement], rounds: int) -> list[Row]:
                 if b in per_round and b != target
             }
             cpu = [m.cpu_s_per_1k for m in ms if m.cpu_s_per_1k is not None]
+            pg_cpu = [m.pg_cpu_s_per_1k for m in ms if m.pg_cpu_s_per_1k is not None]
             rows.append(
                 Row(
                     scenario,
@@ -58,6 +60,7 @@ def build_rows(measurements: list[Measurement], rounds: int) -> list[Row]:
                     ratios,
                     statistics.median(cpu) if cpu else None,
                     sum(1 for m in ms if m.errors),
+                    statistics.median(pg_cpu) if pg_cpu else None,
                 )
             )
     return rows
@@ -98,8 +101,8 @@ def _cpu(value: float | None) -> str:
 
 def format_table(rows: list[Row]) -> str:
     header = (
-        f"{'scenario':<12} {'variant':<26} {'target':<11} {'median':>10} {'min':>10} {'max':>10} "
-        f"{'unit':<6} {'/direct':>7} {'/pgb-s':>7} {'/pgb-tx':>7} {'cpu s/1k':>8} {'err':>3}"
+        f"{'scenario':<12} {'variant':<26} {'target':<13} {'median':>10} {'min':>10} {'max':>10} "
+        f"{'unit':<6} {'/direct':>7} {'/pgb-s':>7} {'/pgb-tx':>7} {'cpu s/1k':>8} {'pg s/1k':>8} {'err':>3}"
     )
     lines = [header, "-" * len(header)]
     previous: tuple[str, str] | None = None
@@ -111,11 +114,12 @@ def format_table(rows: list[Row]) -> str:
         previous = key
         s = r.summary
         lines.append(
-            f"{shown[0]:<12} {shown[1]:<26} {r.target:<11} "
+            f"{shown[0]:<12} {shown[1]:<26} {r.target:<13} "
             f"{_num(s.median if s else None):>10} {_num(s.min if s else None):>10} "
             f"{_num(s.max if s else None):>10} {r.unit:<6} "
             f"{_ratio(r.ratios.get(DIRECT)):>7} {_ratio(r.ratios.get(PGB_SESSION)):>7} "
-            f"{_ratio(r.ratios.get(PGB_TX)):>7} {_cpu(r.cpu_s_per_1k):>8} {r.runs_with_errors or '':>3}"
+            f"{_ratio(r.ratios.get(PGB_TX)):>7} {_cpu(r.cpu_s_per_1k):>8} {_cpu(r.pg_cpu_s_per_1k):>8} "
+            f"{r.runs_with_errors or '':>3}"
         )
     return "\n".join(lines)
 

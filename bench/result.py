@@ -32,3 +32,5 @@ class Measurement:
     wall_s: float
     errors: list[str]
     extra: dict[str, Any]
+    # CPU seconds of Postgres (postmaster and backends) per 1,000: the database's side of each target
+    pg_cpu_s_per_1k: float | None = None
