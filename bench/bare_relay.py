@@ -81,11 +81,13 @@ async def _serve(port: int, upstream: tuple[str, int]) -> None:
 class RelayProcess:
     """The relay as a process of its own (its CPU time read from /proc like the proxy's)."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, workdir: Path) -> None:
+    module = "bench.bare_relay"  # run with: LISTEN_PORT UPSTREAM_HOST UPSTREAM_PORT *extra
+
+    def __init__(self, upstream_host: str, upstream_port: int, workdir: Path, *extra: str) -> None:
         self.host = HOST
         self.port = free_port(HOST)
-        self.log_path = workdir / "bare_relay.log"
-        argv = [sys.executable, "-m", "bench.bare_relay", str(self.port), upstream_host, str(upstream_port)]
+        self.log_path = workdir / f"{self.module.rpartition('.')[2]}.log"
+        argv = [sys.executable, "-m", self.module, str(self.port), upstream_host, str(upstream_port), *extra]
         self.proc = start_logged(argv, self.log_path, self.host, self.port)
 
     @property

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench.bare_relay import HOST, Client, Upstream
-from bench.ports import free_port, start_logged, stop_process
+from bench.bare_relay import HOST, Client, RelayProcess, Upstream
 from rlsproxy.session import context
 from rlsproxy.wire import codes
 from rlsproxy.wire import frontend as fe
@@ -116,31 +115,13 @@ async def _serve(port: int, upstream: tuple[str, int], ctx: _Context) -> None:
     await server.serve_forever()
 
 
-class ContextRelayProcess:
-    """The context relay as a process of its own (its CPU time read from /proc like the proxy's)."""
+class ContextRelayProcess(RelayProcess):
+    """The context relay as a process of its own, for one identity (role and claims)."""
+
+    module = "bench.context_relay"
 
     def __init__(self, upstream_host: str, upstream_port: int, role: str, claims: str, workdir: Path) -> None:
-        self.host = HOST
-        self.port = free_port(HOST)
-        self.log_path = workdir / "context_relay.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "bench.context_relay",
-            str(self.port),
-            upstream_host,
-            str(upstream_port),
-            role,
-            claims,
-        ]
-        self.proc = start_logged(argv, self.log_path, self.host, self.port)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        stop_process(self.proc)
+        super().__init__(upstream_host, upstream_port, workdir, role, claims)
 
 
 if __name__ == "__main__":
