@@ -49,8 +49,9 @@ class ProxyProcess:
             "pool": {"mode": "session", "max_size": POOL_MAX_SIZE, "acquire_timeout_ms": ACQUIRE_TIMEOUT_MS},
             "jwt": {"algorithms": ["HS256"], "secret": JWT_SECRET},
             "http": {"enabled": False},
-            # The shipped default level: every connection logs a line, as it would in production.
-            "log": {"format": "text", "level": "INFO"},
+            # The shipped defaults: every connection logs a line, as it would in production and as
+            # PgBouncer does (log_connections). log.connections: false saves 20-25 µs of CPU each.
+            "log": {"format": "text", "level": "INFO", "connections": True},
         }
 
     @property

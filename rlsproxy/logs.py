@@ -51,3 +51,9 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def reconfigure(level: str, fmt: str, *, was: tuple[str, str]) -> None:
+    """On reload: a changed level or format takes effect at once (unchanged, the handlers stay)."""
+    if (level, fmt) != was:
+        configure(level, fmt)

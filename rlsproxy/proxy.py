@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlsproxy import logs
 from rlsproxy.audit import AuditLog, AuditUnavailable
 from rlsproxy.auth.identity import Authenticator, Identity
 from rlsproxy.auth.jwt import TokenVerifier
@@ -279,6 +280,8 @@ class Proxy:
                 log.error("%s; service (bypass) sessions are refused until it can be written", exc)
             old, self.audit = self.audit, audit
             old.close()
+        old_log = self.config.log
+        logs.reconfigure(config.log.level, config.log.format, was=(old_log.level, old_log.format))
         # New connections see the new identity rules; established sessions keep theirs.
         self.config = config
         self.authenticator = authenticator

@@ -366,10 +366,11 @@ class ClientConnection(asyncio.Protocol):
                 READY,
             ]
         )
-        log.info(
-            "client connected",
-            extra={"peer": self.peer, "role": identity.role, "anonymous": identity.anonymous},
-        )
+        if proxy.config.log.connections:
+            log.info(
+                "client connected",
+                extra={"peer": self.peer, "role": identity.role, "anonymous": identity.anonymous},
+            )
         if self.inbox:
             pending, self.inbox = self.inbox, b""
             self.bytes_in -= len(pending)  # counted when it arrived

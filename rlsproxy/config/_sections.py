@@ -337,4 +337,8 @@ def _log(s: _Section | None) -> LogConfig:
     if s is None:
         return d
     log_format = cast(Literal["json", "text"], s.get("format", _choice(("json", "text")), str(d.format)))
-    return LogConfig(format=log_format, level=s.get("level", _log_level, d.level))
+    return LogConfig(
+        format=log_format,
+        level=s.get("level", _log_level, d.level),
+        connections=s.get("connections", _boolean, d.connections),
+    )

@@ -113,6 +113,9 @@ class LimitsConfig:
 class LogConfig:
     format: Literal["json", "text"] = "json"
     level: str = "INFO"
+    # One INFO line per client session that starts (PgBouncer's log_connections). Refusals are
+    # always logged; off saves the line's cost (tens of µs) where clients connect per request.
+    connections: bool = True
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -101,6 +103,33 @@ def test_invalid_config_is_rejected_and_the_old_one_stays(reloadable: Any, pg: A
         assert job.execute("select current_user::text").fetchone() == ("service_role",)
     registry = proxy.proxy.metrics.registry
     assert registry.get_sample_value("rlsproxy_config_reloads_total", {"outcome": "error"}) == 1
+
+
+def test_connection_log_lines_follow_log_connections_on_reload(
+    reloadable: Any, pg: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy, path = reloadable
+    caplog.set_level(logging.INFO, logger="rlsproxy.server")
+
+    def lines(message: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "rlsproxy.server" and r.getMessage() == message]
+
+    with connect(proxy, token_for(ALICE)) as conn:
+        conn.execute("select 1")
+    assert [getattr(r, "role", None) for r in lines("client connected")] == ["authenticated"]
+
+    write_config(path, pg, services=True, extra="log: {connections: false}")
+    assert post_reload(proxy) == (200, "reloaded\n")
+    with connect(proxy, token_for(ALICE)) as conn:
+        conn.execute("select 1")
+    assert len(lines("client connected")) == 1  # no line for the session after the reload
+    with pytest.raises(psycopg.OperationalError):
+        connect(proxy, "not-a-token")
+    deadline = time.monotonic() + 5  # the proxy logs the refusal just after the client hears it
+    while not lines("client refused") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    refused = lines("client refused")
+    assert [getattr(r, "outcome", None) for r in refused] == ["auth_failed"]  # refusals are still logged
 
 
 def test_restart_only_sections_are_kept(reloadable: Any, pg: Any) -> None:

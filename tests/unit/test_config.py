@@ -692,7 +692,11 @@ def test_audit_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
 
 def test_log_format_and_level() -> None:
     c = parse_config(minimal(log={"format": "text", "level": "debug"}), {})
-    assert (c.log.format, c.log.level) == ("text", "DEBUG")
+    assert (c.log.format, c.log.level, c.log.connections) == ("text", "DEBUG", True)
+    assert parse_config(minimal(log={"connections": False}), {}).log.connections is False
+    assert problems(minimal(log={"connections": "sometimes"})) == [
+        'log.connections: expected true or false, got "sometimes"'
+    ]
     assert problems(minimal(log={"format": "xml", "level": "TRACE"})) == [
         'log.format: expected one of "json", "text", got "xml"',
         'log.level: expected one of "DEBUG", "INFO", "WARNING", "ERROR", got "TRACE"',

@@ -38,3 +38,21 @@ def test_text_line_carries_extras_before_a_traceback() -> None:
     first, *rest = TextFormatter().format(failed).splitlines()
     assert first.endswith("ERROR rlsproxy: bug peer=x")
     assert rest[-1] == "ValueError: boom"
+
+
+def test_reconfigure_replaces_the_handler_only_when_level_or_format_changed() -> None:
+    from rlsproxy.logs import TextFormatter, reconfigure
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    marker = logging.NullHandler()
+    try:
+        root.handlers[:] = [marker]
+        reconfigure("INFO", "json", was=("INFO", "json"))
+        assert root.handlers == [marker]  # nothing changed: the running handlers stay
+        reconfigure("WARNING", "text", was=("INFO", "json"))
+        assert root.level == logging.WARNING
+        assert len(root.handlers) == 1 and isinstance(root.handlers[0].formatter, TextFormatter)
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
