@@ -157,7 +157,9 @@ def test_unknown_section_with_suggestion() -> None:
 
 
 def test_unknown_key_without_suggestion_lists_known_keys() -> None:
-    assert problems(minimal(log={"zzz": 1})) == ["log.zzz: unknown key (expected one of: format, level)"]
+    assert problems(minimal(log={"zzz": 1})) == [
+        "log.zzz: unknown key (expected one of: format, level, connections)"
+    ]
 
 
 def test_unknown_key_in_a_service() -> None:
@@ -201,7 +203,7 @@ def test_invalid_utf8(tmp_path: Path) -> None:
 
 def test_yaml_boolean_key_gets_a_hint() -> None:
     assert problems(minimal(log={True: 1})) == [
-        "log.True: unknown key (expected one of: format, level); "
+        "log.True: unknown key (expected one of: format, level, connections); "
         "YAML reads an unquoted on/off/yes/no as true/false"
     ]
 
