@@ -9,6 +9,7 @@ import jwt as pyjwt
 import psycopg
 import pytest
 
+from rlsproxy.config.model import JwtConfig
 from rlsproxy.devcluster import ALICE
 from rlsproxy.wire import backend as be
 from tests.integration.conftest import token_for
@@ -126,3 +127,28 @@ def test_replication_connection_refused(proxy: RunningProxy) -> None:
     with pytest.raises(psycopg.OperationalError) as info:
         psycopg.connect(proxy.dsn(token=token_for(ALICE), replication="database"))
     assert "replication" in str(info.value)
+
+
+def test_a_kept_startup_packet_does_not_keep_its_token_valid(make_proxy: Any) -> None:
+    """The proxy keeps what a startup packet says (reconnecting clients send the same bytes); the
+    token in it is still verified at every connection, so one that expired in between is refused."""
+    proxy = make_proxy(jwt=JwtConfig(algorithms=("HS256",), secret=JWT_SECRET, leeway_s=0))
+    params = {"user": "app", "database": "app", "options": f"-c rlsproxy.jwt={token_for(ALICE, ttl_s=2)}"}
+    first = RawConnection(proxy.port, params)
+    try:
+        assert first.greeting[-1][0] == "Z", first.greeting
+    finally:
+        first.close()
+    time.sleep(2.5)
+    fields = startup_error(proxy, params)  # byte for byte the packet that was accepted
+    assert fields["C"] == "28000", fields
+    assert "expired" in fields["M"]
+
+
+def test_a_refused_startup_packet_is_refused_every_time(proxy: RunningProxy) -> None:
+    params = {"options": f"-c rlsproxy.jwt={token_for(ALICE)} -c row_security=off"}
+    for _ in range(2):
+        fields = startup_error(proxy, params)
+        assert fields["C"] == "42501", fields
+        assert "row_security" in fields["M"]
+    assert_still_serves(proxy)
