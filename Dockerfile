@@ -27,16 +27,35 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
 WORKDIR /src
-# Only what the wheel is built from: pyproject.toml (metadata, package list), README.md (the
-# `readme` field) and the package itself (including rlsproxy/sql/*.sql, declared package data).
-# Tests, examples, docs and the dev extras are not part of the runtime.
-COPY pyproject.toml README.md ./
+
+# The hot path is compiled with mypyc (setup.py: the wire codec, the session machines, the asyncio
+# edge; README "Performance" has what it saves). `--build-arg RLSPROXY_COMPILE=0` builds the
+# pure-Python wheel instead. The compiler, mypy and the stubs stay in this stage.
+ARG RLSPROXY_COMPILE=1
+RUN if [ "$RLSPROXY_COMPILE" = "1" ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends gcc libc6-dev \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
+# Only what the wheel is built from: pyproject.toml (metadata, package list), setup.py (the
+# optional compiled build), README.md (the `readme` field) and the package itself (including
+# rlsproxy/sql/*.sql, declared package data). Tests, examples, docs and the dev extras are not part
+# of the runtime.
+COPY pyproject.toml setup.py README.md ./
 COPY rlsproxy ./rlsproxy
 
-# `pip wheel .` builds rlsproxy's wheel and collects a wheel for every [project] dependency
-# (binary wheels from PyPI where they exist). The dev extras are not requested, so they are not
-# built.
-RUN pip wheel --wheel-dir /wheels .
+# Compiled: the `compile` extra installs mypy and, with rlsproxy itself, the runtime dependencies
+# whose types mypyc reads; the wheel is built without build isolation so it uses them. Then, as
+# for the pure build, `pip wheel` collects a wheel for every [project] dependency (binary wheels
+# from PyPI where they exist); the dev extras are not requested, so they are not built.
+RUN if [ "$RLSPROXY_COMPILE" = "1" ]; then \
+        pip install ".[compile]" && rm -rf build \
+        && RLSPROXY_COMPILE=1 pip wheel --no-build-isolation --no-deps --wheel-dir /built . \
+        && pip wheel --wheel-dir /wheels /built/rlsproxy-*.whl; \
+    else \
+        pip wheel --wheel-dir /wheels .; \
+    fi
 
 # ---------------------------------------------------------------------------------------------
 # Stage 2: the runtime.

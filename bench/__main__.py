@@ -16,7 +16,6 @@ from bench.cluster import server_version
 from bench.driver import ProxyDied, run_micro_measurements, run_rounds, warm_up
 from bench.machine import describe_machine
 from bench.pgbouncer import find_pgbouncer, pgbouncer_version
-from bench.ports import tail
 from bench.procstat import open_files_limit
 from bench.result import Measurement
 from bench.scenarios import ALL_SCENARIOS, SCENARIOS
@@ -87,10 +86,10 @@ def main(argv: list[str]) -> int:
                 for m in run_rounds(stack, variants, args.rounds, args.duration, say):
                     measurements.append(m)
         except ProxyDied as exc:
-            failure = f"{exc}\n{tail(stack.proxy.log_path)}"
+            failure = str(exc)
         except KeyboardInterrupt:
             failure = "interrupted"
-        payload["rlsproxy_log_problems"] = stack.proxy.problems()
+        payload["rlsproxy_log_problems"] = [line for proxy in stack.proxies for line in proxy.problems()]
     if "micro" in args.scenarios and failure is None:
         measurements += list(run_micro_measurements(max(3, args.rounds * 2 - 1), say))
     wall = time.monotonic() - started

@@ -18,7 +18,7 @@ import uvloop
 
 from bench.proxy import JWT_SECRET
 from bench.result import RunResult
-from bench.stack import RLSPROXY, TOKEN_TTL_S, Endpoint
+from bench.stack import RLSPROXY_TARGETS, TOKEN_TTL_S, Endpoint
 from rlsproxy.auth.mint import mint_token
 
 WORKERS = 8
@@ -42,7 +42,7 @@ def run_churn(endpoint: Endpoint, duration_s: float, workers: int = WORKERS) -> 
 
 def _connector(endpoint: Endpoint) -> Callable[[], Awaitable[asyncpg.Connection]]:
     def connect() -> Awaitable[asyncpg.Connection]:
-        settings = {"rlsproxy.jwt": fresh_token()} if endpoint.target == RLSPROXY else {}
+        settings = {"rlsproxy.jwt": fresh_token()} if endpoint.target in RLSPROXY_TARGETS else {}
         connecting: Awaitable[asyncpg.Connection] = asyncpg.connect(
             host=endpoint.host,
             port=endpoint.port,

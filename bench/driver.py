@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from bench import cluster
 from bench.micro import run_micro
 from bench.pgbench import run_pgbench
+from bench.ports import tail
 from bench.procstat import cpu_seconds, tree_cpu_seconds
 from bench.result import Measurement
 from bench.scenarios import Variant
@@ -45,8 +46,10 @@ def run_rounds(
                 flag = f"  ERRORS: {'; '.join(m.errors)[:300]}" if m.errors else ""
                 say(f"  {variant.scenario} {variant.name} {target}: {shown} {variant.unit}{flag}")
                 yield m
-                if not stack.proxy.alive():
-                    raise ProxyDied(f"rlsproxy exited with {stack.proxy.proc.returncode}")
+                for proxy in stack.proxies:
+                    if not proxy.alive():
+                        code = proxy.proc.returncode
+                        raise ProxyDied(f"rlsproxy exited with {code}\n{tail(proxy.log_path)}")
 
 
 def measure(stack: Stack, variant: Variant, target: str, round_no: int, duration_s: float) -> Measurement:

@@ -18,7 +18,7 @@ from bench.idle_clients import TOKEN_ENV
 from bench.pgbench import run_pgbench
 from bench.procstat import open_files_limit, rss_kib
 from bench.result import RunResult
-from bench.stack import RLSPROXY, Endpoint
+from bench.stack import RLSPROXY_TARGETS, Endpoint
 
 ACTIVE_ARGS = ["-S", "-c", "8", "-j", "2", "-M", "simple"]
 _SETTLE_TIMEOUT_S = 120  # every client settles within the proxy's startup + pool timeouts
@@ -59,7 +59,7 @@ def run_idle(pgbench: Path, endpoint: Endpoint, idle: int, duration_s: float) ->
 
 def _start_holder(endpoint: Endpoint, idle: int) -> subprocess.Popen[str]:
     env = dict(endpoint.env)
-    if endpoint.target == RLSPROXY:
+    if endpoint.target in RLSPROXY_TARGETS:
         env[TOKEN_ENV] = env["PGOPTIONS"].removeprefix("-c rlsproxy.jwt=")
     argv = [sys.executable, "-m", "bench.idle_clients", "--host", endpoint.host, "--port", str(endpoint.port)]
     argv += ["--user", endpoint.user, "--dbname", endpoint.dbname, "--count", str(idle)]

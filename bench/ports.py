@@ -29,10 +29,19 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], log: Path
     raise RuntimeError(f"{proc.args!r} did not accept on {host}:{port} within {timeout_s} s:\n{tail(log)}")
 
 
-def start_logged(argv: list[str], log_path: Path, host: str, port: int) -> subprocess.Popen[bytes]:
+def start_logged(
+    argv: list[str],
+    log_path: Path,
+    host: str,
+    port: int,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
     """Start a server process with its output in `log_path`; return once it accepts on the port."""
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
     try:
         wait_for_port(host, port, proc, log_path, timeout_s=30)
     except BaseException:

@@ -6,6 +6,7 @@ from /proc on their own and the benchmark's Python does not share its interprete
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -24,9 +25,10 @@ _ROUTINE_LEVEL = re.compile(r"\b(INFO|DEBUG)\b")
 
 
 class ProxyProcess:
-    """A running rlsproxy; stop() ends it."""
+    """A running rlsproxy; stop() ends it. With `compiled_tree` (bench/compiled.py) it runs that
+    compiled copy of the package instead of the checkout's."""
 
-    def __init__(self, pg: DevCluster, workdir: Path) -> None:
+    def __init__(self, pg: DevCluster, workdir: Path, compiled_tree: Path | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = free_port(self.host)
         self.config_path = workdir / "rlsproxy.yaml"
@@ -34,7 +36,15 @@ class ProxyProcess:
         self.config_path.write_text(yaml.safe_dump(self._config(pg), sort_keys=False))
         self.config_path.chmod(0o600)  # it holds the upstream password and the JWT secret
         argv = [sys.executable, "-m", "rlsproxy", "serve", "--config", str(self.config_path)]
-        self.proc = start_logged(argv, self.log_path, self.host, self.port)
+        if compiled_tree is None:
+            self.proc = start_logged(argv, self.log_path, self.host, self.port)
+        else:
+            # Started in the copy: `python -m` puts the working directory ahead of PYTHONPATH.
+            env = {**os.environ, "PYTHONPATH": str(compiled_tree)}
+            self.proc = start_logged(argv, self.log_path, self.host, self.port, env=env, cwd=compiled_tree)
+            if not self.runs_compiled():
+                self.stop()
+                raise RuntimeError(f"rlsproxy from {compiled_tree} did not load its compiled modules")
 
     def _config(self, pg: DevCluster) -> dict[str, object]:
         return {
@@ -53,6 +63,11 @@ class ProxyProcess:
             # PgBouncer does (log_connections). log.connections: false saves 20-25 µs of CPU each.
             "log": {"format": "text", "level": "INFO", "connections": True},
         }
+
+    def runs_compiled(self) -> bool:
+        """The process has mypyc's shared library of the compiled build mapped."""
+        maps = Path(f"/proc/{self.proc.pid}/maps").read_text(errors="replace")
+        return "__mypyc." in maps
 
     @property
     def pid(self) -> int:

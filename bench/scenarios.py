@@ -27,6 +27,7 @@ from bench.stack import (
     PGB_SESSION,
     PGB_TX,
     RLSPROXY,
+    RLSPROXY_TARGETS,
     Login,
     Stack,
 )
@@ -66,7 +67,7 @@ def select_only(stack: Stack) -> list[Variant]:
     variants = []
     for clients in (8, 32):
         for mode in ("simple", "extended", "prepared"):
-            targets = ALL_TARGETS if mode != "prepared" else (DIRECT, PGB_SESSION, RLSPROXY)
+            targets = ALL_TARGETS if mode != "prepared" else (DIRECT, PGB_SESSION, *RLSPROXY_TARGETS)
             targets = (*targets, BARE_RELAY, CONTEXT_RELAY)
             args = ["-S", "-c", str(clients), "-j", "2", "-M", mode]
             variants.append(
@@ -95,11 +96,12 @@ def rls(stack: Stack) -> list[Variant]:
 
     def run(s: Stack, target: str, duration_s: float) -> RunResult:
         cluster.reset_notes(s.pg)
-        script = proxy_script if target == RLSPROXY else postgrest_script
+        script = proxy_script if target in RLSPROXY_TARGETS else postgrest_script
         endpoint = s.endpoint(target, "rls")
         return run_pgbench(cluster.pgbench_path(s.pg), endpoint, [*args, "-f", str(script)], duration_s)
 
-    return [Variant("rls-notes", "c8 extended", "tps", stack.available((DIRECT, PGB_TX, RLSPROXY)), run)]
+    targets = stack.available((DIRECT, PGB_TX, *RLSPROXY_TARGETS))
+    return [Variant("rls-notes", "c8 extended", "tps", targets, run)]
 
 
 def _write_rls_scripts(workdir: Path) -> tuple[Path, Path]:
@@ -130,7 +132,11 @@ def churn(stack: Stack) -> list[Variant]:
     return [
         Variant("churn", "pgbench -C -S c8", "tps", stack.available(ALL_TARGETS), pgbench_c),
         Variant(
-            "churn", "asyncpg fresh token", "conn/s", stack.available((DIRECT, PGB_SESSION, RLSPROXY)), loader
+            "churn",
+            "asyncpg fresh token",
+            "conn/s",
+            stack.available((DIRECT, PGB_SESSION, *RLSPROXY_TARGETS)),
+            loader,
         ),
     ]
 

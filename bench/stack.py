@@ -5,6 +5,8 @@ A target is one way of reaching the same database:
   pgb-session  PgBouncer, session pooling
   pgb-tx       PgBouncer, transaction pooling
   rlsproxy     rlsproxy (session pooling; every transaction runs as the token's identity)
+  rlsproxy-mypyc  the same, its hot path compiled with mypyc (setup.py), as the container image
+               ships it; left out when it cannot be compiled here (bench/compiled.py)
   bare-relay   bench/bare_relay.py: bytes copied by uvloop, nothing else (the floor for Python)
   context-relay  bench/context_relay.py: the bare relay plus rlsproxy's context prefix per
                transaction, pgbench -S only (the floor for a Python proxy that sets the context)
@@ -24,6 +26,7 @@ import jwt
 
 from bench.bare_relay import RelayProcess
 from bench.cluster import clean_env, start_cluster
+from bench.compiled import build_compiled_tree
 from bench.context_relay import ContextRelayProcess
 from bench.pgbouncer import INSTALL_HINT, POOL_SIZE, PgBouncerProcess, find_pgbouncer
 from bench.proxy import JWT_SECRET, POOL_MAX_SIZE, ProxyProcess
@@ -31,11 +34,13 @@ from rlsproxy.auth.mint import mint_token
 from rlsproxy.devcluster import ALICE, AUTHENTICATOR_PASSWORD, DevCluster
 
 DIRECT, PGB_SESSION, PGB_TX, RLSPROXY = "direct", "pgb-session", "pgb-tx", "rlsproxy"
+RLSPROXY_MYPYC = "rlsproxy-mypyc"
+RLSPROXY_TARGETS = (RLSPROXY, RLSPROXY_MYPYC)  # the proxy itself, pure Python and compiled
 BARE_RELAY = "bare-relay"
 CONTEXT_RELAY = "context-relay"
 Say = Callable[[str], None]  # progress output
 
-ALL_TARGETS = (DIRECT, PGB_SESSION, PGB_TX, RLSPROXY)
+ALL_TARGETS = (DIRECT, PGB_SESSION, PGB_TX, RLSPROXY, RLSPROXY_MYPYC)
 PGBOUNCER_TARGETS = (PGB_SESSION, PGB_TX)
 TOKEN_TTL_S = 24 * 3600  # outlives any run, so no token expires mid-benchmark
 
@@ -81,10 +86,12 @@ class Stack:
         workdir: Path,
         relay: RelayProcess,
         context_relay: ContextRelayProcess,
+        compiled_proxy: ProxyProcess | None = None,
     ) -> None:
         self.pg = pg
         self.workdir = workdir  # scratch space for scripts, removed with the stack
         self.proxy = proxy
+        self.compiled_proxy = compiled_proxy
         self.pgbouncer = pgbouncer
         self.relay = relay
         self.context_relay = context_relay
@@ -92,8 +99,17 @@ class Stack:
 
     @property
     def targets(self) -> tuple[str, ...]:
-        relays = (BARE_RELAY, CONTEXT_RELAY)
-        return (*ALL_TARGETS, *relays) if self.pgbouncer is not None else (DIRECT, RLSPROXY, *relays)
+        missing = set()
+        if self.pgbouncer is None:
+            missing.update(PGBOUNCER_TARGETS)
+        if self.compiled_proxy is None:
+            missing.add(RLSPROXY_MYPYC)
+        return (*(t for t in ALL_TARGETS if t not in missing), BARE_RELAY, CONTEXT_RELAY)
+
+    @property
+    def proxies(self) -> tuple[ProxyProcess, ...]:
+        """The rlsproxy processes running (the compiled one too, when it was built)."""
+        return (self.proxy,) if self.compiled_proxy is None else (self.proxy, self.compiled_proxy)
 
     def available(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(t for t in wanted if t in self.targets)
@@ -111,10 +127,13 @@ class Stack:
         if target == CONTEXT_RELAY:  # logs in as direct does; sets the token's role and claims
             ctx = self.context_relay
             return Endpoint(target, ctx.host, ctx.port, "app", "postgres", env, ctx.pid)
-        if target == RLSPROXY:
+        if target in RLSPROXY_TARGETS:
+            proxy = self.proxy if target == RLSPROXY else self.compiled_proxy
+            if proxy is None:
+                raise ValueError(f"no target {target!r} (the compiled build could not be made)")
             # The user name is ignored by the proxy: the token decides who the client is.
             env["PGOPTIONS"] = f"-c rlsproxy.jwt={self.token}"
-            return Endpoint(target, self.proxy.host, self.proxy.port, "app", "bench", env, self.proxy.pid)
+            return Endpoint(target, proxy.host, proxy.port, "app", "bench", env, proxy.pid)
         bouncer = self.pgbouncer
         if bouncer is None or target not in PGBOUNCER_TARGETS:
             raise ValueError(f"no target {target!r} (PgBouncer running: {bouncer is not None})")
@@ -126,7 +145,7 @@ class Stack:
 def needed_connections() -> int:
     """Server connections all pools and direct clients could hold at once, plus margin for psql."""
     pgbouncer_pools = POOL_SIZE * 4  # four database aliases, each its own pool
-    return POOL_MAX_SIZE + pgbouncer_pools + 32 + 20
+    return 2 * POOL_MAX_SIZE + pgbouncer_pools + 32 + 20  # two proxies: pure Python and compiled
 
 
 @contextlib.contextmanager
@@ -139,21 +158,29 @@ def running_stack(say: Say) -> Iterator[Stack]:
         try:
             say(f"PostgreSQL on {pg.host}:{pg.port}")
             proxy = ProxyProcess(pg, _subdir(workdir, "rlsproxy"))
+            compiled: ProxyProcess | None = None
             try:
                 say(f"rlsproxy pid {proxy.pid} on {proxy.host}:{proxy.port}")
+                tree = build_compiled_tree(_subdir(workdir, "compiled-build"), say)
+                if tree is not None:
+                    compiled = ProxyProcess(pg, _subdir(workdir, "rlsproxy-mypyc"), compiled_tree=tree)
+                    say(f"rlsproxy-mypyc pid {compiled.pid} on {compiled.host}:{compiled.port}")
                 bouncer = _start_pgbouncer(pg, _subdir(workdir, "pgbouncer"), say)
                 relay = RelayProcess(pg.host, pg.port, _subdir(workdir, "relay"))
                 context_relay = ContextRelayProcess(
                     pg.host, pg.port, "authenticated", alice_claims_json(), _subdir(workdir, "context-relay")
                 )
                 try:
-                    yield Stack(pg, proxy, bouncer, _subdir(workdir, "scratch"), relay, context_relay)
+                    scratch = _subdir(workdir, "scratch")
+                    yield Stack(pg, proxy, bouncer, scratch, relay, context_relay, compiled)
                 finally:
                     context_relay.stop()
                     relay.stop()
                     if bouncer is not None:
                         bouncer.stop()
             finally:
+                if compiled is not None:
+                    compiled.stop()
                 proxy.stop()
         finally:
             pg.destroy()

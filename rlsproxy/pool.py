@@ -354,12 +354,12 @@ class Pool:
                 f"(upstream.sslmode is {self._upstream.sslmode})",
                 code=sqlstate.SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
             ) from exc
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError) as down:
             self._connect_failed()
             raise UpstreamUnavailable(
-                f"rlsproxy: cannot connect to upstream PostgreSQL at {self._hostport}: {exc or 'timed out'}",
+                f"rlsproxy: cannot connect to upstream PostgreSQL at {self._hostport}: {down or 'timed out'}",
                 code=sqlstate.CANNOT_CONNECT_NOW,
-            ) from exc
+            ) from down
         return conn
 
     @property

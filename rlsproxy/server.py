@@ -241,13 +241,13 @@ class ClientConnection(asyncio.Protocol):
         except TimeoutError:
             outcome, why = "refused", "startup timed out"
             self.abort(sqlstate.PROTOCOL_VIOLATION, "rlsproxy: startup timed out")
-        except (StartupError, FramingError) as exc:
-            outcome, why = "refused", f"invalid startup packet: {exc}"
+        except (StartupError, FramingError) as invalid:  # one name per clause: mypyc types it once
+            outcome, why = "refused", f"invalid startup packet: {invalid}"
             self.abort(sqlstate.PROTOCOL_VIOLATION, why)
-        except AuthError as exc:
-            outcome, why = "auth_failed", exc.message  # messages never carry the token
-            self.metrics.auth_failed(exc.reason)
-            self.abort(exc.sqlstate, exc.message, hint=exc.hint)
+        except AuthError as denied:
+            outcome, why = "auth_failed", denied.message  # messages never carry the token
+            self.metrics.auth_failed(denied.reason)
+            self.abort(denied.sqlstate, denied.message, hint=denied.hint)
         except ProxyError as exc:
             # Upstream trouble (08, 53, 57 classes) is an error; anything else is a refusal of the client.
             outcome = "error" if exc.sqlstate[:2] in ("08", "53", "57", "XX") else "refused"
@@ -514,9 +514,9 @@ class ClientConnection(asyncio.Protocol):
                     code=sqlstate.INSUFFICIENT_PRIVILEGE,
                 ) from None
             raise ProxyError(f"rlsproxy: {exc.message}", code=exc.sqlstate) from None
-        except AuthError as exc:
-            self.metrics.in_band_switch(exc.reason)
-            raise ProxyError(f"rlsproxy: {exc.message}", code=exc.sqlstate, hint=exc.hint) from None
+        except AuthError as bad:
+            self.metrics.in_band_switch(bad.reason)
+            raise ProxyError(f"rlsproxy: {bad.message}", code=bad.sqlstate, hint=bad.hint) from None
         self.metrics.in_band_switch("ok")
         return identity.role, identity.claims_json
 

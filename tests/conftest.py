@@ -10,11 +10,13 @@ PostgreSQL server log is attached to its report.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterator
 
 import pytest
 
 from rlsproxy.devcluster import DevCluster
+from tests.support.compiled import not_compiled
 
 _cluster: DevCluster | None = None
 
@@ -36,6 +38,13 @@ def pg() -> Iterator[DevCluster]:
     finally:
         _cluster = None
         cluster.destroy()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """`make test-compiled` sets RLSPROXY_EXPECT_COMPILED: a run that would silently test the pure
+    modules instead (the build did not apply, or the source tree came first) stops here."""
+    if os.environ.get("RLSPROXY_EXPECT_COMPILED") == "1" and (missing := not_compiled()):
+        raise pytest.UsageError("RLSPROXY_EXPECT_COMPILED=1 but imported from source: " + ", ".join(missing))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,10 +1,12 @@
 """The Dockerfile's install, repeated in a fresh virtualenv.
 
-The builder stage copies a few files and runs ``pip wheel``; the final stage installs the wheels
-and runs ``rlsproxy``. Here: the same files (read from the Dockerfile's COPY lines) are copied to a
-temporary directory, a wheel is built from them, installed into a new virtualenv with pip
-(dependencies from the package index), and the installed console script is run the way the image
-and the deploy manifests run it. Needs network access to the package index; no PostgreSQL.
+The builder stage copies a few files and runs ``pip wheel`` (compiling the hot path with mypyc, its
+default); the final stage installs the wheels and runs ``rlsproxy``. Here: the same files (read
+from the Dockerfile's COPY lines) are copied to a temporary directory, a wheel is built from them
+the same way (with this test run's interpreter, which has the ``compile`` extra the builder
+installs), installed into a new virtualenv with pip (dependencies from the package index), and the
+installed console script is run the way the image and the deploy manifests run it. Needs network
+access to the package index and a C compiler; no PostgreSQL.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pytest
 import yaml
 
 import rlsproxy
+from tests.support.compiled import compiled_paths, module_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -58,6 +61,15 @@ def builder_copies() -> list[str]:
             sources += [w for w in words[1:-1] if not w.startswith("--")]
     assert sources, "no COPY in the Dockerfile's builder stage"
     return sources
+
+
+def builder_compiles() -> bool:
+    """The builder stage's default: ARG RLSPROXY_COMPILE=1, the wheel built the way below."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    if re.search(r"^ARG RLSPROXY_COMPILE=1$", text, re.MULTILINE) is None:
+        return False
+    assert "RLSPROXY_COMPILE=1 pip wheel --no-build-isolation --no-deps" in text, "the builder changed"
+    return True
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -103,11 +115,19 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     timings: dict[str, float] = {}
 
     started = time.monotonic()
-    built = run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", wheels, src],
-        timeout=PIP_TIMEOUT_S,
-        cwd=base,
-    )
+    if builder_compiles():
+        built = run(
+            [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w", wheels, src],
+            timeout=PIP_TIMEOUT_S,
+            cwd=base,
+            RLSPROXY_COMPILE="1",
+        )
+    else:
+        built = run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", wheels, src],
+            timeout=PIP_TIMEOUT_S,
+            cwd=base,
+        )
     timings["pip wheel"] = time.monotonic() - started
     assert built.returncode == 0, built.stdout + built.stderr
     found = sorted(wheels.glob("rlsproxy-*.whl"))
@@ -133,6 +153,12 @@ def test_wheel_carries_the_package_data_and_the_console_script(installed: Instal
         entry_points = whl.read(f"{info}/entry_points.txt").decode()
         metadata = whl.read(f"{info}/METADATA").decode()
     assert re.search(r"^rlsproxy = rlsproxy\.cli:main$", entry_points, re.MULTILINE), entry_points
+    if builder_compiles():  # each compiled module beside its .py, and mypyc's shared runtime
+        for path in compiled_paths():
+            stem = path.removesuffix(".py")
+            assert [n for n in names if n.startswith(stem + ".cpython-") and n.endswith(".so")], path
+            assert path in names
+        assert [n for n in names if "/" not in n and "__mypyc." in n and n.endswith(".so")], sorted(names)
     requires = re.findall(r"^Requires-Dist: (.*)$", metadata, re.MULTILINE)
     runtime = {
         match.group(0).lower()
@@ -165,6 +191,12 @@ def test_installed_console_script_reports_the_package_version(installed: Install
         cwd=installed.work,
     )
     assert Path(where.stdout.strip()).is_relative_to(installed.bin.parent), where.stdout
+    if builder_compiles():  # the image runs the compiled modules
+        names = [module_name(p) for p in compiled_paths()]
+        probe = f"import importlib; print([importlib.import_module(n).__file__ for n in {names!r}])"
+        files = run([installed.bin / "python", "-c", probe], timeout=60, cwd=installed.work)
+        assert files.returncode == 0, files.stderr
+        assert files.stdout.count(".so'") == len(names), files.stdout
 
 
 def configmap_config(directory: Path) -> Path:

@@ -149,7 +149,7 @@ def test_dockerfile_builder_copies_everything_the_wheel_is_built_from() -> None:
             parts = [p for p in instruction.args.split() if not p.startswith("--")]
             copied.update(p.rstrip("/") for p in parts[:-1])
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    needed = {"pyproject.toml", pyproject["project"]["readme"], "rlsproxy"}
+    needed = {"pyproject.toml", "setup.py", pyproject["project"]["readme"], "rlsproxy"}
     assert needed <= copied, f"the builder does not copy {sorted(needed - copied)}"
     for name in copied:
         assert (ROOT / name).exists(), name
@@ -164,7 +164,14 @@ def test_dockerignore_keeps_local_state_out_but_not_the_build_inputs() -> None:
     for needed in (".venv", ".git", "*.egg-info", ".demo", "bench/results", ".pytest_cache"):
         assert needed in patterns, needed
     assert not [p for p in patterns if p.startswith("!")], "re-inclusions make the list hard to read"
-    for kept in ("pyproject.toml", "README.md", "rlsproxy", "rlsproxy/sql/auth.sql", "rlsproxy/cli.py"):
+    for kept in (
+        "pyproject.toml",
+        "setup.py",
+        "README.md",
+        "rlsproxy",
+        "rlsproxy/sql/auth.sql",
+        "rlsproxy/cli.py",
+    ):
         hits = [p for p in patterns if fnmatch.fnmatch(kept, p) or kept.startswith(p.rstrip("/") + "/")]
         assert not hits, f"{kept} is excluded from the build context by {hits}"
 
