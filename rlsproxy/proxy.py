@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import ssl
 import time
@@ -314,10 +315,12 @@ class Proxy:
     # cancel keys ---------------------------------------------------------------------------------
     def new_key(self, client: ClientConnection) -> tuple[int, bytes]:
         while True:
-            pid = secrets.randbits(31) or 1
+            # One read of the OS's CSPRNG for both halves of the key (one syscall per connection).
+            raw = os.urandom(8)
+            pid = (int.from_bytes(raw[:4], "big") & 0x7FFFFFFF) or 1
             if pid not in self.clients:
                 self.clients[pid] = client
-                return pid, secrets.token_bytes(4)
+                return pid, raw[4:]
 
     async def cancel(self, request: CancelRequest) -> None:
         """Forward a cancel only to the backend of the client whose key this is."""
