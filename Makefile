@@ -34,7 +34,7 @@ test: $(STAMP)
 # shadow an edited .py here; the conftest fails the run if a listed module is not the compiled one.
 # (The wheel-install test is the pure run's: it builds the image's compiled wheel itself.)
 COMPILED_TREE := .build/compiled
-COMPILED_COPY := rlsproxy tests bench config deploy docs examples sql Dockerfile .dockerignore \
+COMPILED_COPY := rlsproxy tests bench config deploy docs examples Dockerfile .dockerignore \
 	pyproject.toml setup.py README.md
 
 test-compiled: $(STAMP)
