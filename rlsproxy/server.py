@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from rlsproxy.audit import AuditUnavailable
 from rlsproxy.auth.identity import BypassDenied, Identity
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from rlsproxy.proxy import Proxy
 
 log = logging.getLogger("rlsproxy.server")
-READY = be.ready_for_query(codes.TX_IDLE)
+READY: Final = be.ready_for_query(codes.TX_IDLE)
 
 
 class ClientConnection(asyncio.Protocol):

@@ -9,26 +9,26 @@ the login role, which has no privileges of its own: a missing context fails clos
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from rlsproxy.wire import codes
 from rlsproxy.wire import frontend as fe
 from rlsproxy.wire.backend import message
 
-CONTEXT_STATEMENT = "rlsproxy_ctx"
-CONTEXT_SQL = "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)"
+CONTEXT_STATEMENT: Final = "rlsproxy_ctx"
+CONTEXT_SQL: Final = "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)"
 # The same, unless the client already switched this transaction's identity in-band (in_band.py
 # marks it with rlsproxy.in_band, a setting clients cannot write): a prefix pipelined later in the
 # same transaction must not undo that switch. Used only where that can happen (a session that has
 # switched in-band, prefix pipelined behind unanswered messages): its CASEs cost Postgres a few µs.
-KEEPING_STATEMENT = "rlsproxy_ctx_keep"
-KEEPING_SQL = (
+KEEPING_STATEMENT: Final = "rlsproxy_ctx_keep"
+KEEPING_SQL: Final = (
     "SELECT set_config('role', CASE WHEN current_setting('rlsproxy.in_band', true) = 'on' "
     "THEN current_setting('role') ELSE $1 END, true), "
     "set_config('request.jwt.claims', CASE WHEN current_setting('rlsproxy.in_band', true) = 'on' "
     "THEN current_setting('request.jwt.claims', true) ELSE $2 END, true)"
 )
-TEXT_OID = 25
+TEXT_OID: Final = 25
 
 
 class Statement(NamedTuple):
@@ -47,9 +47,9 @@ def _statement(name: str, sql: str) -> Statement:
     )
 
 
-PLAIN = _statement(CONTEXT_STATEMENT, CONTEXT_SQL)
-KEEPING = _statement(KEEPING_STATEMENT, KEEPING_SQL)
-EXECUTE_UNNAMED = fe.execute()
+PLAIN: Final = _statement(CONTEXT_STATEMENT, CONTEXT_SQL)
+KEEPING: Final = _statement(KEEPING_STATEMENT, KEEPING_SQL)
+EXECUTE_UNNAMED: Final = fe.execute()
 
 
 class Prefix(NamedTuple):
@@ -62,9 +62,9 @@ class Prefix(NamedTuple):
 # Placeholder statement sent in place of a refused client message. Postgres fails it at parse
 # time with a syntax error naming this word, which the relay recognises and replaces with the
 # refusal: the server's transaction is aborted exactly as a real error would abort it.
-REFUSAL_MARKER = "RLSPROXY_REFUSED"
-REFUSAL_QUERY = fe.query(REFUSAL_MARKER)
-REFUSAL_PARSE = fe.parse("", REFUSAL_MARKER)
+REFUSAL_MARKER: Final = "RLSPROXY_REFUSED"
+REFUSAL_QUERY: Final = fe.query(REFUSAL_MARKER)
+REFUSAL_PARSE: Final = fe.parse("", REFUSAL_MARKER)
 
 
 @functools.lru_cache(maxsize=4096)  # reconnecting clients of one identity share their prefix

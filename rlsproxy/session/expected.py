@@ -10,15 +10,15 @@ at their own ReadyForQuery. (This is PgBouncer's and pgdog's approach, not speci
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
-PREFIX = 0  # the context prefix (Close? Parse? Bind Execute): replies swallowed
-CLIENT = 1  # the client's messages up to its Sync/Query: replies forwarded
-INTERNAL = 2  # the proxy's own exchange ending with its Sync or Query: replies swallowed
+PREFIX: Final = 0  # the context prefix (Close? Parse? Bind Execute): replies swallowed
+CLIENT: Final = 1  # the client's messages up to its Sync/Query: replies forwarded
+INTERNAL: Final = 2  # the proxy's own exchange ending with its Sync or Query: replies swallowed
 
-CTX_UNPREPARED = 0  # the context statement does not exist: send Parse before Bind
-CTX_PREPARED = 1
-CTX_UNKNOWN = 2  # may or may not exist (after DISCARD ALL or a failed prefix): Close, then Parse
+CTX_UNPREPARED: Final = 0  # the context statement does not exist: send Parse before Bind
+CTX_PREPARED: Final = 1
+CTX_UNKNOWN: Final = 2  # may or may not exist (after DISCARD ALL or a failed prefix): Close, then Parse
 
 
 class Pending:
@@ -70,4 +70,4 @@ class Pending:
 
 
 # Prefix entries carry no state of their own (the relay reads only their kind): one serves all.
-PREFIX_ENTRY = Pending(PREFIX)
+PREFIX_ENTRY: Final = Pending(PREFIX)

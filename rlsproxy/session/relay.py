@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Final
 
 from rlsproxy.errors import ProtocolViolation, ProxyError
 from rlsproxy.session import context
@@ -36,14 +37,14 @@ from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
 from rlsproxy.wire.framing import STREAM_AT, Carry
 
-_HEADER = struct.Struct("!BI")  # message type, length (which counts itself, not the type byte)
-_FORWARD_ONLY = frozenset((codes.FLUSH,))
-_EXTENDED = frozenset((codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE))
-_PORTAL = ord("P")
-_RESERVED = RESERVED_NAME_PREFIX.encode()
-_POSTGRES_LARGEST = 0x3FFFFFFF  # Postgres refuses longer Bind and COPY data (PQ_LARGE_MESSAGE_LIMIT)
-_LITERAL_CHARS = b"0123456789'$"  # what numbers, strings and dollar quotes are made of
-_LOWER_R = _RESERVED[0]  # a name whose first byte is not r or R (byte | 0x20) is not reserved
+_HEADER: Final = struct.Struct("!BI")  # message type, length (which counts itself, not the type byte)
+_FORWARD_ONLY: Final = frozenset((codes.FLUSH,))
+_EXTENDED: Final = frozenset((codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE))
+_PORTAL: Final = ord("P")
+_RESERVED: Final = RESERVED_NAME_PREFIX.encode()
+_POSTGRES_LARGEST: Final = 0x3FFFFFFF  # Postgres refuses longer Bind and COPY data (PQ_LARGE_MESSAGE_LIMIT)
+_LITERAL_CHARS: Final = b"0123456789'$"  # what numbers, strings and dollar quotes are made of
+_LOWER_R: Final = _RESERVED[0]  # a name whose first byte is not r or R (byte | 0x20) is not reserved
 
 
 def _reserved(name: bytes) -> bool:
@@ -51,7 +52,7 @@ def _reserved(name: bytes) -> bool:
     return name[: len(_RESERVED)].lower() == _RESERVED
 
 
-_COPY_MESSAGES = frozenset((codes.COPY_DATA, codes.COPY_DONE, codes.COPY_FAIL))
+_COPY_MESSAGES: Final = frozenset((codes.COPY_DATA, codes.COPY_DONE, codes.COPY_FAIL))
 
 
 class Classifier:
@@ -123,32 +124,34 @@ def refusal_error(verdict: Verdict) -> bytes:
     )
 
 
-FUNCTION_CALL_REFUSED = be.error_response(
+FUNCTION_CALL_REFUSED: Final = be.error_response(
     sqlstate.INSUFFICIENT_PRIVILEGE,
     "rlsproxy: the FunctionCall protocol message is not allowed",
     hint="call the function with a SELECT statement instead",
 )
-COPY_NOT_LAST_REFUSED = be.error_response(
+COPY_NOT_LAST_REFUSED: Final = be.error_response(
     sqlstate.FEATURE_NOT_SUPPORTED,
     "rlsproxy: COPY FROM STDIN must be the last statement of a multi-statement query",
     hint="send the COPY as a query of its own",
 )
-IN_BAND_DISABLED = be.error_response(
+IN_BAND_DISABLED: Final = be.error_response(
     sqlstate.INSUFFICIENT_PRIVILEGE,
     "rlsproxy: in-band identity switching is disabled (jwt.in_band: false)",
     hint="connect with the token in the startup packet instead",
 )
-IN_BAND_EXTENDED_SET = be.error_response(
+IN_BAND_EXTENDED_SET: Final = be.error_response(
     sqlstate.FEATURE_NOT_SUPPORTED,
     "rlsproxy: SET/RESET rlsproxy.jwt are supported in the simple query protocol only",
     hint="use SELECT set_config('rlsproxy.jwt', $1, true) (or false for the session)",
 )
-IN_BAND_NO_PARAMETER = be.error_response(sqlstate.UNDEFINED_PARAMETER, "there is no parameter $1", position=1)
+IN_BAND_NO_PARAMETER: Final = be.error_response(
+    sqlstate.UNDEFINED_PARAMETER, "there is no parameter $1", position=1
+)
 # token -> (role, claims_json) of the identity it may switch to ("" = the startup identity);
 # raises ProxyError (28000 bad token, 42501 not allowed in-band). Supplied by the edge.
 InBandCheck = Callable[[str], tuple[str, str]]
 
-RESERVED_NAME_REFUSED = be.error_response(
+RESERVED_NAME_REFUSED: Final = be.error_response(
     sqlstate.INSUFFICIENT_PRIVILEGE,
     'rlsproxy: prepared statement names starting with "rlsproxy_" are reserved for the proxy',
 )
@@ -229,6 +232,8 @@ class Relay:
         n = len(data)
         header = _HEADER.unpack_from
         largest = self._max - 1
+        t: int  # declared: compiled (setup.py), the comparisons below are then on machine integers
+        length: int
         while n - pos >= 5:
             t, length = header(data, pos)
             end = pos + 1 + length

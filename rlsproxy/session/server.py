@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from rlsproxy.auth.upstream import UpstreamAuth
 from rlsproxy.errors import ProxyError
@@ -30,15 +31,15 @@ from rlsproxy.wire.framing import STREAM_AT, Carry, FramingError
 from rlsproxy.wire.startup import build_startup_message
 
 Chunks = list[bytes | memoryview]
-_HEADER = struct.Struct("!BI")  # message type, length (which counts itself, not the type byte)
-_MARKER = context.REFUSAL_MARKER.encode()
+_HEADER: Final = struct.Struct("!BI")  # message type, length (which counts itself, not the type byte)
+_MARKER: Final = context.REFUSAL_MARKER.encode()
 # Replies to the extended messages that stand in for a simple Query; a simple Query never gets them.
-_TRANSLATION_ONLY = frozenset((codes.PARSE_COMPLETE, codes.BIND_COMPLETE, codes.NO_DATA))
-_PARSED_AND_BOUND = be.message(codes.PARSE_COMPLETE, b"") + be.message(codes.BIND_COMPLETE, b"")
+_TRANSLATION_ONLY: Final = frozenset((codes.PARSE_COMPLETE, codes.BIND_COMPLETE, codes.NO_DATA))
+_PARSED_AND_BOUND: Final = be.message(codes.PARSE_COMPLETE, b"") + be.message(codes.BIND_COMPLETE, b"")
 # Replies that may arrive at any time and always belong to the client.
-_ASYNC = frozenset((codes.NOTICE_RESPONSE, codes.NOTIFICATION_RESPONSE, codes.PARAMETER_STATUS))
+_ASYNC: Final = frozenset((codes.NOTICE_RESPONSE, codes.NOTIFICATION_RESPONSE, codes.PARAMETER_STATUS))
 # Upper bound on one server message; DataRows of 1 GB fields exist, the framing only needs a sanity cap.
-MAX_SERVER_MESSAGE = 1 << 31
+MAX_SERVER_MESSAGE: Final = 1 << 31
 
 
 class ServerState:
@@ -79,6 +80,8 @@ class ServerState:
         header = _HEADER.unpack_from
         head = pending[0] if pending else None  # looked up again only when an entry ends
         prefix_start = -1  # where the replies of a prefix began, to learn them
+        t: int  # declared: compiled (setup.py), the comparisons below are then on machine integers
+        length: int
         while n - pos >= 5:
             t, length = header(data, pos)
             end = pos + 1 + length

@@ -13,7 +13,7 @@ back to the whole text.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import pglast
 
@@ -21,9 +21,9 @@ from rlsproxy.wire import codes
 from rlsproxy.wire import frontend as fe
 from rlsproxy.wire.backend import message
 
-DESCRIBE_UNNAMED_PORTAL = message(codes.DESCRIBE, b"P\0")
-BIND_UNNAMED = fe.bind("", ())
-EXECUTE_ALL = fe.execute()
+DESCRIBE_UNNAMED_PORTAL: Final = message(codes.DESCRIBE, b"P\0")
+BIND_UNNAMED: Final = fe.bind("", ())
+EXECUTE_ALL: Final = fe.execute()
 
 
 class Translation(NamedTuple):  # a tuple: built per distinct text on the hot path
@@ -33,7 +33,7 @@ class Translation(NamedTuple):  # a tuple: built per distinct text on the hot pa
     copy_not_last: bool  # COPY FROM STDIN followed by more statements: cannot be pipelined
 
 
-_AFTER_PARSE = BIND_UNNAMED + DESCRIBE_UNNAMED_PORTAL + EXECUTE_ALL
+_AFTER_PARSE: Final = BIND_UNNAMED + DESCRIBE_UNNAMED_PORTAL + EXECUTE_ALL
 
 
 def _statement(sql: bytes) -> bytes:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from rlsproxy.wire import codes
 
-_I32 = struct.Struct("!i")
+_I32: Final = struct.Struct("!i")
 
 
 def message(type_byte: int, body: bytes) -> bytes:
@@ -17,8 +18,8 @@ def authentication(code: int, payload: bytes = b"") -> bytes:
     return message(codes.AUTHENTICATION, _I32.pack(code) + payload)
 
 
-AUTHENTICATION_OK = authentication(codes.AUTH_OK)
-AUTHENTICATION_CLEARTEXT_PASSWORD = authentication(codes.AUTH_CLEARTEXT_PASSWORD)
+AUTHENTICATION_OK: Final = authentication(codes.AUTH_OK)
+AUTHENTICATION_CLEARTEXT_PASSWORD: Final = authentication(codes.AUTH_CLEARTEXT_PASSWORD)
 
 
 def parameter_status(name: str, value: str) -> bytes:

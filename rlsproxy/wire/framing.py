@@ -7,8 +7,10 @@ packet has no type byte. Limits are PostgreSQL's own: MAX_STARTUP_PACKET_LENGTH 
 
 from __future__ import annotations
 
-MAX_STARTUP_PACKET_LENGTH = 10_000
-HEADER = 5
+from typing import Final
+
+MAX_STARTUP_PACKET_LENGTH: Final = 10_000
+HEADER: Final = 5
 
 
 class FramingError(Exception):
@@ -41,7 +43,7 @@ def startup_packet_length(buf: bytes | bytearray) -> int:
 
 # A message at least this large is passed on piece by piece, as its reads arrive, where the relay
 # forwards it unread (a DataRow, COPY data): the proxy holds one read of it, never all of it.
-STREAM_AT = 64 * 1024
+STREAM_AT: Final = 64 * 1024
 
 
 class Carry:

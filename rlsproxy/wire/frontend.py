@@ -7,17 +7,17 @@ the SQL text of Query and Parse, and the statement names of Parse, Bind, Describ
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from rlsproxy.wire import codes
 from rlsproxy.wire.backend import message
 
-_I16 = struct.Struct("!h")
-_I32 = struct.Struct("!i")
+_I16: Final = struct.Struct("!h")
+_I32: Final = struct.Struct("!i")
 
-SYNC = message(codes.SYNC, b"")
-FLUSH = message(codes.FLUSH, b"")
-TERMINATE = message(codes.TERMINATE, b"")
+SYNC: Final = message(codes.SYNC, b"")
+FLUSH: Final = message(codes.FLUSH, b"")
+TERMINATE: Final = message(codes.TERMINATE, b"")
 
 
 class MalformedMessage(Exception):
