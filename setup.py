@@ -32,6 +32,7 @@ COMPILED = [
     "rlsproxy/session/expected.py",
     "rlsproxy/session/context.py",
     "rlsproxy/session/simple.py",
+    "rlsproxy/session/guard_fast.py",
     "rlsproxy/session/server.py",
     "rlsproxy/session/relay.py",
     "rlsproxy/auth/startup.py",
