@@ -1,7 +1,8 @@
 """A client's startup up to its credentials: the startup packet, TLS, the token or the password.
 
-It runs in the connection's handshake task and reads what the connection has buffered
-(`ClientConnection.inbox`), waiting for more with `ClientConnection.read_at_least`. What comes
+`credentials_now` takes them from what the connection has buffered (`ClientConnection.inbox`)
+when nothing needs a wait, which is most connections; otherwise `client_credentials` runs in the
+connection's handshake task, waiting for more with `ClientConnection.read_at_least`. What comes
 after (authenticating the token, greeting the client, attaching a server) is the connection's.
 """
 
@@ -11,7 +12,7 @@ import asyncio
 import functools
 import logging
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from rlsproxy.auth.startup import ClientStartup, read_startup
 from rlsproxy.errors import AuthError, ProtocolViolation, ProxyError
@@ -42,6 +43,50 @@ async def client_credentials(conn: ClientConnection) -> tuple[ClientStartup, str
     """The client's startup parameters and its token (from the startup packet or the password)."""
     packet, startup = await _startup_message(conn)
     return await _credentials(conn, packet, startup)
+
+
+# What credentials_now answers when it has no credentials to return.
+MORE_BYTES: Final = "more bytes"  # the packet is not all there: wait for the next read, no task
+NEEDS_TASK: Final = "needs task"  # a step that waits (TLS, cancel, password, JWKS): client_credentials
+
+
+def credentials_now(conn: ClientConnection) -> tuple[ClientStartup, str | None] | str:
+    """What client_credentials would return, taken from the inbox with no wait: most clients send
+    an SSLRequest (answered 'N' here when listen.tls is not set), then a StartupMessage with their
+    token (or asking for anonymous access) whose signing key is known.
+
+    Else MORE_BYTES (a packet still incomplete; the proxy's startup sweep enforces the timeout) or
+    NEEDS_TASK, with the inbox at the packet client_credentials starts from. Errors are raised as
+    client_credentials raises them, after the same checks in the same order.
+    """
+    while True:
+        inbox = conn.inbox
+        if len(inbox) < 8:
+            return MORE_BYTES
+        length = startup_packet_length(inbox)
+        if len(inbox) < length:
+            return MORE_BYTES
+        if inbox[4:8] == _CANCEL_CODE:
+            return NEEDS_TASK
+        packet = inbox[:length]
+        startup = _parsed_packet(packet)
+        if isinstance(startup, StartupMessage):
+            break
+        if isinstance(startup, SSLRequest) and (conn.tls or conn.proxy.tls_context is not None):
+            return NEEDS_TASK  # a TLS handshake, or a protocol violation to report
+        # SSLRequest without listen.tls, or GSSENCRequest: 'N' tells the client to carry on in plaintext.
+        assert conn.transport is not None
+        conn.transport.write(b"N")
+        conn.inbox = inbox[length:]
+    try:
+        peek = _client_startup(packet)  # a look ahead: refusals are raised by the checks below
+    except ProxyError:
+        return NEEDS_TASK
+    token = peek.token
+    if (token is None and not peek.anonymous_requested) or not conn.proxy.keys_ready(token):
+        return NEEDS_TASK
+    conn.inbox = inbox[length:]
+    return _checked_startup(conn, packet, startup), token
 
 
 # A pool's new connections, or a client reconnecting, send the same startup packet byte for byte
@@ -144,6 +189,30 @@ def _refuse_insecure(conn: ClientConnection, asks_password: bool) -> None:
 async def _credentials(
     conn: ClientConnection, packet: bytes, startup: StartupMessage
 ) -> tuple[ClientStartup, str | None]:
+    client = _checked_startup(conn, packet, startup)
+    if client.token is not None or client.anonymous_requested:
+        await conn.proxy.await_keys(client.token)
+        return client, client.token
+    # No token in the startup packet: ask for it as the password (for URL-only ORMs).
+    _refuse_insecure(conn, asks_password=True)
+    assert conn.transport is not None
+    conn.transport.write(be.AUTHENTICATION_CLEARTEXT_PASSWORD)
+    await conn.read_at_least(5)
+    if conn.inbox[0] != codes.PASSWORD_MESSAGE:
+        raise ProtocolViolation(f"expected password response, got message type {conn.inbox[0]}")
+    end = next_message(conn.inbox, 0, MAX_STARTUP_PACKET_LENGTH)
+    while end < 0:
+        await conn.read_at_least(len(conn.inbox) + 1)
+        end = next_message(conn.inbox, 0, MAX_STARTUP_PACKET_LENGTH)
+    body, conn.inbox = conn.inbox[5:end], conn.inbox[end:]
+    password = body[:-1].decode(errors="replace") if body.endswith(b"\0") else ""
+    await conn.proxy.await_keys(password or None)
+    return client, password or None
+
+
+def _checked_startup(conn: ClientConnection, packet: bytes, startup: StartupMessage) -> ClientStartup:
+    """The startup packet's checks, in order: shutting down, TLS required, protocol version, the
+    parameters, the database."""
     proxy = conn.proxy
     if proxy.draining:
         raise ProxyError("rlsproxy is shutting down", code=sqlstate.CANNOT_CONNECT_NOW, fatal=True)
@@ -160,20 +229,4 @@ async def _credentials(
             fatal=True,
             hint=f'this rlsproxy serves the database "{database}"',
         )
-    if client.token is not None or client.anonymous_requested:
-        await proxy.await_keys(client.token)
-        return client, client.token
-    # No token in the startup packet: ask for it as the password (for URL-only ORMs).
-    _refuse_insecure(conn, asks_password=True)
-    conn.transport.write(be.AUTHENTICATION_CLEARTEXT_PASSWORD)
-    await conn.read_at_least(5)
-    if conn.inbox[0] != codes.PASSWORD_MESSAGE:
-        raise ProtocolViolation(f"expected password response, got message type {conn.inbox[0]}")
-    end = next_message(conn.inbox, 0, MAX_STARTUP_PACKET_LENGTH)
-    while end < 0:
-        await conn.read_at_least(len(conn.inbox) + 1)
-        end = next_message(conn.inbox, 0, MAX_STARTUP_PACKET_LENGTH)
-    body, conn.inbox = conn.inbox[5:end], conn.inbox[end:]
-    password = body[:-1].decode(errors="replace") if body.endswith(b"\0") else ""
-    await proxy.await_keys(password or None)
-    return client, password or None
+    return client

@@ -174,6 +174,7 @@ class Proxy:
         if self.jwks is not None:
             self.jwks.start()
         self.spawn(self._reaper())
+        self.spawn(self._startup_sweeper())
 
     @property
     def port(self) -> int:
@@ -192,6 +193,16 @@ class Proxy:
             self.pool.reap_idle()
             if self.service_pool is not None:
                 self.service_pool.reap_idle()
+
+    async def _startup_sweeper(self) -> None:
+        """Time out clients that connected and sent nothing: a sweep a few times per startup
+        timeout instead of a timer per connection. A handshake task (started by the first bytes
+        when the handshake has to wait) keeps the same deadline itself."""
+        while True:
+            await asyncio.sleep(min(1.0, self.config.limits.startup_timeout_s / 4))
+            now = time.monotonic()
+            for client in [c for c in self.handshakes if c.startup_overdue(now)]:
+                client.startup_timed_out()
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop accepting; end each session when it is between transactions; True if all ended in time.
@@ -304,6 +315,10 @@ class Proxy:
             self.audit.reopen()
         except AuditUnavailable as exc:
             log.error("%s; service (bypass) sessions are refused until it can be written", exc)
+
+    def keys_ready(self, token: str | None) -> bool:
+        """No JWKS fetch to wait for before `token` is verified (see await_keys)."""
+        return not token or self.jwks is None or not self.authenticator.verifier.keys.wants_refresh(token)
 
     async def await_keys(self, token: str | None) -> None:
         """Before a token is verified: fetch jwt.jwks_url again if the token's kid is new (bounded wait)."""

@@ -191,6 +191,69 @@ def test_stalled_startup_times_out(proxy: RunningProxy) -> None:
     assert time.monotonic() - start < 5
 
 
+def test_silent_client_is_timed_out(proxy: RunningProxy) -> None:
+    """Connected and sent nothing: no handshake task exists yet; the proxy's sweep ends it."""
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    start = time.monotonic()
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    s.close()
+    assert data.startswith(b"E") and b"C08P01\x00Mrlsproxy: startup timed out\x00" in data, data
+    assert time.monotonic() - start < 5  # limits.startup_timeout_s is 2 here
+    with psycopg.connect(proxy.dsn(token=token_for(ALICE)), autocommit=True) as conn:
+        assert conn.execute("select auth.uid()::text").fetchone() == (ALICE,)
+
+
+def test_usual_handshake_needs_no_task(proxy: RunningProxy) -> None:
+    """SSLRequest (no listen.tls), then a startup packet with its token and settings a server was
+    greeted with before: the client is greeted from data_received, even when the packet comes in
+    two reads. A token as the password gets a task (it waits for the password)."""
+    spawned: list[str] = []
+    real_spawn = proxy.proxy.spawn
+
+    def spawn(coro: Any) -> Any:
+        # ClientConnection._handshake, or in the compiled build its generator class's name
+        spawned.append(getattr(coro, "__qualname__", type(coro).__name__))
+        return real_spawn(coro)
+
+    proxy.proxy.spawn = spawn  # type: ignore[method-assign]
+    try:
+        dsn = proxy.dsn(token=token_for(ALICE))
+        with psycopg.connect(dsn, autocommit=True) as conn:  # may be the first: learns the greeting
+            conn.execute("select 1")
+        spawned.clear()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute("select auth.uid()::text").fetchone() == (ALICE,)
+        assert not [name for name in spawned if "_handshake" in name], spawned
+
+        from rlsproxy.wire.startup import build_startup_message
+
+        packet = build_startup_message(
+            {"user": "app", "database": "app", "options": f"-c rlsproxy.jwt={token_for(BOB)}"}
+        )
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        s.sendall(packet[:7])
+        time.sleep(0.05)
+        s.sendall(packet[7:])
+        greeting = b""
+        while not greeting.endswith(b"Z\x00\x00\x00\x05I"):
+            chunk = s.recv(4096)
+            assert chunk, greeting
+            greeting += chunk
+        assert greeting.startswith(b"R\x00\x00\x00\x08\x00\x00\x00\x00")  # AuthenticationOk
+        s.sendall(fe.TERMINATE)
+        s.close()
+        assert not [name for name in spawned if "_handshake" in name], spawned
+
+        url = f"postgresql://app:{token_for(BOB)}@127.0.0.1:{proxy.port}/app"
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("select auth.uid()::text").fetchone() == (BOB,)
+        assert [name for name in spawned if "_handshake" in name], spawned
+    finally:
+        del proxy.proxy.spawn
+
+
 def test_startup_settings_on_a_lazily_attached_connection(proxy: RunningProxy) -> None:
     """The first client with given settings attaches at startup; later ones get them pipelined."""
     options = f"-c TimeZone=Asia/Tokyo -c rlsproxy.jwt={token_for(ALICE)}"
