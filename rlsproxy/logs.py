@@ -36,15 +36,15 @@ class _Seconds:
     def __init__(self, fmt: str, *, utc: bool) -> None:
         self._fmt = fmt
         self._convert = time.gmtime if utc else time.localtime
-        self._second = -1
-        self._text = ""
+        self._last = (-1, "")  # one tuple, replaced whole: a thread logging meanwhile sees a pair
 
     def __call__(self, created: float) -> str:
         second = int(created)
-        if second != self._second:
-            self._text = time.strftime(self._fmt, self._convert(second))
-            self._second = second
-        return self._text
+        last_second, text = self._last
+        if second != last_second:
+            text = time.strftime(self._fmt, self._convert(second))
+            self._last = (second, text)
+        return text
 
 
 class JsonFormatter(logging.Formatter):

@@ -56,3 +56,19 @@ def test_reconfigure_replaces_the_handler_only_when_level_or_format_changed() ->
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+def test_timestamps_read_as_the_logging_module_and_datetime_write_them() -> None:
+    """Each formatter keeps its formatted second: a new second must still be written anew."""
+    from datetime import UTC, datetime
+
+    from rlsproxy.logs import TextFormatter
+
+    text, json_formatter = TextFormatter(), JsonFormatter()
+    for created in (1764000000.25, 1764000000.999, 1764000001.0, 1764003600.5):
+        record = logging.LogRecord("rlsproxy", logging.INFO, __file__, 1, "m", None, None)
+        record.created, record.msecs = created, (created - int(created)) * 1000 // 1
+        asctime = logging.Formatter("%(asctime)s").format(record)
+        assert text.format(record) == f"{asctime} INFO rlsproxy: m"
+        iso = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert json.loads(json_formatter.format(record))["ts"] == iso
