@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, cast
 
+from rlsproxy import logs
 from rlsproxy.audit import AuditUnavailable
 from rlsproxy.auth.identity import BypassDenied, Identity
 from rlsproxy.auth.startup import ClientStartup
@@ -429,10 +430,8 @@ class ClientConnection(asyncio.Protocol):
             ]
         )
         if proxy.config.log.connections:
-            log.info(
-                "client connected",
-                extra={"peer": self.peer, "role": identity.role, "anonymous": identity.anonymous},
-            )
+            fields = {"peer": self.peer, "role": identity.role, "anonymous": identity.anonymous}
+            logs.info_line(log, "client connected", fields)
         if self.inbox:
             pending, self.inbox = self.inbox, b""
             self.bytes_in -= len(pending)  # counted when it arrived
