@@ -117,8 +117,9 @@ def _print_summary(
     say(
         "\nmedian/min/max over rounds; /direct, /pgb-s, /pgb-tx: median of per-round ratios "
         "(value / baseline in the same round); cpu s/1k: CPU seconds of the rlsproxy or PgBouncer "
-        "process per 1,000 transactions (connections for conn/s); pg s/1k: the same for PostgreSQL "
-        "(postmaster and backends); err: runs with errors"
+        "process per 1,000 transactions (connections for conn/s); usr s/1k: its user-time part (the "
+        "rest is system time, the socket calls); pg s/1k: the same for PostgreSQL (postmaster and "
+        "backends); err: runs with errors"
     )
     idle = report.format_idle(measurements)
     if idle:

@@ -9,7 +9,7 @@ from bench import cluster
 from bench.micro import run_micro
 from bench.pgbench import run_pgbench
 from bench.ports import tail
-from bench.procstat import cpu_seconds, tree_cpu_seconds
+from bench.procstat import tree_cpu_seconds, user_system_seconds
 from bench.result import Measurement
 from bench.scenarios import Variant
 from bench.stack import Say, Stack
@@ -55,12 +55,16 @@ def run_rounds(
 def measure(stack: Stack, variant: Variant, target: str, round_no: int, duration_s: float) -> Measurement:
     pid = stack.endpoint(target).middle_pid
     postmaster = cluster.postmaster_pid(stack.pg)
-    cpu_before = cpu_seconds(pid) if pid else None
+    before = user_system_seconds(pid) if pid else None
     pg_before = tree_cpu_seconds(postmaster)
     started = time.monotonic()
     result = variant.run(stack, target, duration_s)
     wall = time.monotonic() - started
-    cpu = cpu_seconds(pid) - cpu_before if pid and cpu_before is not None else None
+    # The split says whose cost it is: system time goes to the socket calls, the same for every
+    # proxy making the same calls; user time is the proxy's own code.
+    after = user_system_seconds(pid) if pid and before is not None else None
+    user = after[0] - before[0] if after is not None and before is not None else None
+    cpu = sum(after) - sum(before) if after is not None and before is not None else None
     # Backends of clients that just left end and are reaped within milliseconds; one read while
     # that happens could miss one, so Postgres is read once they are gone.
     time.sleep(_SETTLE_S)
@@ -79,6 +83,7 @@ def measure(stack: Stack, variant: Variant, target: str, round_no: int, duration
         errors=result.errors,
         extra=result.extra,
         pg_cpu_s_per_1k=per_thousand(pg_cpu, result.work),
+        user_cpu_s_per_1k=per_thousand(user, result.work) if user is not None else None,
     )
 
 

@@ -8,18 +8,27 @@ from pathlib import Path
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def parse_cpu_seconds(stat_line: str, ticks_per_second: int = _CLOCK_TICKS) -> float:
-    """utime + stime of a /proc/PID/stat line, in seconds.
+def parse_user_system_seconds(stat_line: str, ticks_per_second: int = _CLOCK_TICKS) -> tuple[float, float]:
+    """(utime, stime) of a /proc/PID/stat line, in seconds.
 
     The command name (field 2) is in parentheses and may itself hold spaces or ')', so fields are
     counted from the last ')'. After it, utime and stime are the 12th and 13th fields.
     """
     rest = stat_line[stat_line.rindex(")") + 2 :].split()
-    return (int(rest[11]) + int(rest[12])) / ticks_per_second
+    return int(rest[11]) / ticks_per_second, int(rest[12]) / ticks_per_second
+
+
+def parse_cpu_seconds(stat_line: str, ticks_per_second: int = _CLOCK_TICKS) -> float:
+    """utime + stime of a /proc/PID/stat line, in seconds."""
+    return sum(parse_user_system_seconds(stat_line, ticks_per_second))
+
+
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    return parse_user_system_seconds(Path(f"/proc/{pid}/stat").read_text())
 
 
 def cpu_seconds(pid: int) -> float:
-    return parse_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
+    return sum(user_system_seconds(pid))
 
 
 def parse_tree_fields(stat_line: str, ticks_per_second: int = _CLOCK_TICKS) -> tuple[int, float, float]:

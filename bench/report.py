@@ -32,6 +32,7 @@ class Row:
     cpu_s_per_1k: float | None
     runs_with_errors: int
     pg_cpu_s_per_1k: float | None = None
+    user_cpu_s_per_1k: float | None = None
 
 
 def build_rows(measurements: list[Measurement], rounds: int) -> list[Row]:
@@ -50,6 +51,7 @@ def build_rows(measurements: list[Measurement], rounds: int) -> list[Row]:
             }
             cpu = [m.cpu_s_per_1k for m in ms if m.cpu_s_per_1k is not None]
             pg_cpu = [m.pg_cpu_s_per_1k for m in ms if m.pg_cpu_s_per_1k is not None]
+            user_cpu = [m.user_cpu_s_per_1k for m in ms if m.user_cpu_s_per_1k is not None]
             rows.append(
                 Row(
                     scenario,
@@ -61,6 +63,7 @@ def build_rows(measurements: list[Measurement], rounds: int) -> list[Row]:
                     statistics.median(cpu) if cpu else None,
                     sum(1 for m in ms if m.errors),
                     statistics.median(pg_cpu) if pg_cpu else None,
+                    statistics.median(user_cpu) if user_cpu else None,
                 )
             )
     return rows
@@ -102,7 +105,8 @@ def _cpu(value: float | None) -> str:
 def format_table(rows: list[Row]) -> str:
     header = (
         f"{'scenario':<12} {'variant':<26} {'target':<13} {'median':>10} {'min':>10} {'max':>10} "
-        f"{'unit':<6} {'/direct':>7} {'/pgb-s':>7} {'/pgb-tx':>7} {'cpu s/1k':>8} {'pg s/1k':>8} {'err':>3}"
+        f"{'unit':<6} {'/direct':>7} {'/pgb-s':>7} {'/pgb-tx':>7} "
+        f"{'cpu s/1k':>8} {'usr s/1k':>8} {'pg s/1k':>8} {'err':>3}"
     )
     lines = [header, "-" * len(header)]
     previous: tuple[str, str] | None = None
@@ -118,7 +122,8 @@ def format_table(rows: list[Row]) -> str:
             f"{_num(s.median if s else None):>10} {_num(s.min if s else None):>10} "
             f"{_num(s.max if s else None):>10} {r.unit:<6} "
             f"{_ratio(r.ratios.get(DIRECT)):>7} {_ratio(r.ratios.get(PGB_SESSION)):>7} "
-            f"{_ratio(r.ratios.get(PGB_TX)):>7} {_cpu(r.cpu_s_per_1k):>8} {_cpu(r.pg_cpu_s_per_1k):>8} "
+            f"{_ratio(r.ratios.get(PGB_TX)):>7} "
+            f"{_cpu(r.cpu_s_per_1k):>8} {_cpu(r.user_cpu_s_per_1k):>8} {_cpu(r.pg_cpu_s_per_1k):>8} "
             f"{r.runs_with_errors or '':>3}"
         )
     return "\n".join(lines)

@@ -34,3 +34,5 @@ class Measurement:
     extra: dict[str, Any]
     # CPU seconds of Postgres (postmaster and backends) per 1,000: the database's side of each target
     pg_cpu_s_per_1k: float | None = None
+    # The user-time part of cpu_s_per_1k (the rest is system time: the socket calls)
+    user_cpu_s_per_1k: float | None = None

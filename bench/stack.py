@@ -99,7 +99,7 @@ class Stack:
 
     @property
     def targets(self) -> tuple[str, ...]:
-        missing = set()
+        missing: set[str] = set()
         if self.pgbouncer is None:
             missing.update(PGBOUNCER_TARGETS)
         if self.compiled_proxy is None:
