@@ -60,11 +60,12 @@ def measure(stack: Stack, variant: Variant, target: str, round_no: int, duration
     started = time.monotonic()
     result = variant.run(stack, target, duration_s)
     wall = time.monotonic() - started
-    # The split says whose cost it is: system time goes to the socket calls, the same for every
-    # proxy making the same calls; user time is the proxy's own code.
-    after = user_system_seconds(pid) if pid and before is not None else None
-    user = after[0] - before[0] if after is not None and before is not None else None
-    cpu = sum(after) - sum(before) if after is not None and before is not None else None
+    user = cpu = None
+    if pid and before is not None:
+        # The split says whose cost it is: system time goes to the socket calls, the same for
+        # every proxy making the same calls; user time is the proxy's own code.
+        after = user_system_seconds(pid)
+        user, cpu = after[0] - before[0], sum(after) - sum(before)
     # Backends of clients that just left end and are reaped within milliseconds; one read while
     # that happens could miss one, so Postgres is read once they are gone.
     time.sleep(_SETTLE_S)

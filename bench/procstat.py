@@ -18,17 +18,8 @@ def parse_user_system_seconds(stat_line: str, ticks_per_second: int = _CLOCK_TIC
     return int(rest[11]) / ticks_per_second, int(rest[12]) / ticks_per_second
 
 
-def parse_cpu_seconds(stat_line: str, ticks_per_second: int = _CLOCK_TICKS) -> float:
-    """utime + stime of a /proc/PID/stat line, in seconds."""
-    return sum(parse_user_system_seconds(stat_line, ticks_per_second))
-
-
 def user_system_seconds(pid: int) -> tuple[float, float]:
     return parse_user_system_seconds(Path(f"/proc/{pid}/stat").read_text())
-
-
-def cpu_seconds(pid: int) -> float:
-    return sum(user_system_seconds(pid))
 
 
 def parse_tree_fields(stat_line: str, ticks_per_second: int = _CLOCK_TICKS) -> tuple[int, float, float]:

@@ -390,7 +390,7 @@ class ClientConnection(asyncio.Protocol):
         key = (self.proxy.pool_for(identity).name, client.settings)
         greeting = self.proxy.greetings.get(key) or await self._learned_greeting(key)
         if greeting is None:
-            self.identity = identity
+            self.identity = identity  # _attach_server reads both (_greet sets them for every client)
             self._settings = client.settings
             await self._learn_greeting(key)
             assert self.server is not None and self.server.state is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.procstat import parse_cpu_seconds, parse_status_kib, parse_tree_fields, parse_user_system_seconds
+from bench.procstat import parse_status_kib, parse_tree_fields, parse_user_system_seconds
 from bench.stats import Summary, paired_ratio, parse_pgbench, per_thousand, pgbench_errors, summarize
 
 PGBENCH_18_REPORT = """\
@@ -119,7 +119,7 @@ def test_parse_cpu_seconds_with_awkward_command_name() -> None:
     # comm may hold spaces and parentheses; utime=250, stime=50 ticks at 100 Hz.
     fields = ["S", "1", "2", "3", "0", "-1", "4194304", "10", "0", "0", "0", "250", "50", "0", "0"]
     line = "4242 (python -m (x)) " + " ".join(fields)
-    assert parse_cpu_seconds(line, ticks_per_second=100) == pytest.approx(3.0)
+    assert sum(parse_user_system_seconds(line, ticks_per_second=100)) == pytest.approx(3.0)
     assert parse_user_system_seconds(line, ticks_per_second=100) == pytest.approx((2.5, 0.5))
 
 
