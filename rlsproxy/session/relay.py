@@ -20,14 +20,16 @@ from typing import Final
 from rlsproxy.errors import ProtocolViolation, ProxyError
 from rlsproxy.session import context
 from rlsproxy.session.expected import CLIENT, PREFIX_ENTRY, Pending
-from rlsproxy.session.guard import ALLOW, RESERVED_NAME_PREFIX, Guard, Verdict
+from rlsproxy.session.guard import RESERVED_NAME_PREFIX, Guard, Verdict
 from rlsproxy.session.guard_fast import plain_text_allows
 from rlsproxy.session.in_band import SET_CONFIG_SQL, SET_SQL, InBand, payload
 from rlsproxy.session.server import Chunks, ServerState
 from rlsproxy.session.simple import (
     DESCRIBE_UNNAMED_PORTAL,
+    PARSE_TAIL_SYNC,
     Translation,
     decode_sql,
+    parse_head,
     single_statement,
     translate,
     whole,
@@ -53,6 +55,9 @@ def _reserved(name: bytes) -> bool:
 
 
 _COPY_MESSAGES: Final = frozenset((codes.COPY_DATA, codes.COPY_DONE, codes.COPY_FAIL))
+# Allowed by the plain-text check (guard_fast): one statement of plain DML or transaction control,
+# so never a COPY and never split. The relay sends it without building a Translation.
+PLAIN: Final = Verdict("allow")
 
 
 class Classifier:
@@ -82,8 +87,8 @@ class Classifier:
         text = decode_sql(sql)[0]
         if plain_text_allows(text):
             if len(sql.translate(None, _LITERAL_CHARS)) == len(sql):  # no values in it: comes again
-                self._keep(sql, ALLOW)
-            return ALLOW
+                self._keep(sql, PLAIN)
+            return PLAIN
         return self._decide(sql, text)
 
     def verdict(self, sql: bytes) -> Verdict:
@@ -374,7 +379,10 @@ class Relay:
         # DISCARD ALL must run outside any transaction, so it goes without the prefix; it runs
         # as the login role, which can read nothing. It also drops the context statement.
         if self._open is None and action != "discard_all" and self._may_be_idle(server):
-            self._query_in_new_transaction(server, sql, to_server)
+            if verdict is PLAIN:
+                self._plain_in_new_transaction(server, sql, to_server)
+            else:
+                self._query_in_new_transaction(server, sql, to_server)
         else:
             # Inside the client's transaction (or DISCARD ALL): the Query goes as it came.
             if self._open is None:
@@ -390,6 +398,15 @@ class Relay:
             server.forget_context()
         if self._restore and action in ("discard_all", "reset_all"):
             to_server.append(server.internal(self._restore))
+
+    def _plain_in_new_transaction(self, server: ServerState, sql: bytes, to_server: Chunks) -> None:
+        """The usual case of the next method, in short: one statement that needs no Translation."""
+        self._open_batch(server, to_server, context=True)
+        batch = self._open
+        assert batch is not None
+        batch.translated = True
+        to_server += (parse_head(len(sql)), sql, PARSE_TAIL_SYNC)
+        self._end_batch(server)
 
     def _query_in_new_transaction(self, server: ServerState, sql: bytes, to_server: Chunks) -> None:
         """Prefix + the Query as extended messages + Sync (see simple.py for why)."""

@@ -12,7 +12,7 @@ from rlsproxy.session import context
 from rlsproxy.session.expected import CTX_PREPARED, CTX_UNKNOWN, CTX_UNPREPARED
 from rlsproxy.session.guard import Guard
 from rlsproxy.session.in_band import SET_CONFIG_SQL, payload
-from rlsproxy.session.relay import Classifier, Relay
+from rlsproxy.session.relay import PLAIN, Classifier, Relay
 from rlsproxy.session.server import Chunks, ServerState
 from rlsproxy.session.simple import translate
 from rlsproxy.wire import backend as be
@@ -192,6 +192,32 @@ def test_simple_query_is_translated_and_the_extra_replies_dropped() -> None:
         relay, PREFIX_REPLY + PARSE_COMPLETE + BIND_COMPLETE + ROW_DESCRIPTION + ROW + SELECT_1 + READY_IDLE
     )
     assert seen == ROW_DESCRIPTION + ROW + SELECT_1 + READY_IDLE  # what a simple Query gets
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;",
+        b"  update t set x = 'a' where id = 1 ;; \n",
+        b"BEGIN",
+        b"commit;",
+        b"WITH w AS (SELECT 1) SELECT * FROM w",
+        b"select $x$ text $x$",
+    ],
+)
+def test_plain_statement_is_sent_as_the_translation_would(sql: bytes) -> None:
+    """The short path (a PLAIN verdict, no Translation) writes the same bytes as translate()."""
+    relay, _ = make_relay()
+    assert Classifier(Guard(0)).query_verdict(sql) is PLAIN
+    upstream, _ = from_client(relay, fe.query(sql.decode()))
+    assert upstream == PREFIX.plain + translate(sql).messages + fe.SYNC
+
+
+@pytest.mark.parametrize(
+    "sql", [b"COPY t FROM STDIN", b"select 1; select 2", b"SET role x", b"select set_config('a', 'b', true)"]
+)
+def test_only_plain_single_statements_get_the_short_path(sql: bytes) -> None:
+    assert Classifier(Guard(0)).query_verdict(sql) is not PLAIN
 
 
 def test_context_statement_is_prepared_once_and_again_when_unsure() -> None:
