@@ -38,6 +38,8 @@ COMPILED = [
     "rlsproxy/auth/startup.py",
     "rlsproxy/handshake.py",
     "rlsproxy/server.py",
+    "rlsproxy/pool.py",
+    "rlsproxy/figures.py",
 ]
 
 if os.environ.get("RLSPROXY_COMPILE") == "1":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final, Protocol, cast
 
@@ -17,6 +16,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_label
+
+from rlsproxy.figures import Figures, Histogram
 
 # Every label value below comes from one of these sets (or from config: service and pool names), so the
 # number of series stays bounded whatever clients send. Anything else is counted as OTHER.
@@ -171,100 +172,74 @@ class _PoolCollector(Collector):
 _float_label = cast(Callable[[float], str], _untyped_float_label)
 
 
-class _Histogram:
-    """Bucket counts and a sum: observe() is a bisect and two additions, no lock."""
-
-    __slots__ = ("_bounds", "_counts", "_sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self._bounds = bounds
-        self._counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self._sum = 0.0
-
-    def observe(self, value: float) -> None:
-        # bisect_left: a value equal to a bound belongs to that bucket (le = "less or equal").
-        self._counts[bisect_left(self._bounds, value)] += 1
-        self._sum += value
-
-    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
-        cumulative, buckets = 0, []
-        for bound, n in zip((*self._bounds, float("inf")), self._counts, strict=True):
-            cumulative += n
-            buckets.append((_float_label(bound), cumulative))
-        family.add_metric(labels, buckets, self._sum)
+def _add_histogram(family: HistogramMetricFamily, labels: list[str], histogram: Histogram) -> None:
+    cumulative, buckets = 0, []
+    for bound, n in zip((*histogram.bounds, float("inf")), histogram.counts, strict=True):
+        cumulative += n
+        buckets.append((_float_label(bound), cumulative))
+    family.add_metric(labels, buckets, histogram.sum)
 
 
-class _PlainFigures(Collector):
-    """What changes per transaction or per connection, as plain ints turned into metric families at
-    scrape time.
+class _FiguresCollector(Collector):
+    """Turns the plain figures (rlsproxy.figures) into metric families at scrape time.
 
     prometheus_client's inc and observe take a lock each: about 1.3 µs per transaction for the
-    relay's three, and a dozen such calls per client connection. The proxy runs on one event loop
-    thread, so plain ints do.
+    relay's three, and a dozen such calls per client connection.
     """
 
-    def __init__(self) -> None:
-        self.statements = 0
-        self.transactions = 0
-        self.durations = _Histogram(TRANSACTION_BUCKETS)
-        self.clients_active = 0
-        self.outcomes = dict.fromkeys(CONNECTION_OUTCOMES, 0)
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.jwt_seconds = _Histogram(JWT_BUCKETS)
-        self.jwt_cache_hits = 0
-        self.jwt_cache_misses = 0
-        self.acquire_seconds: dict[str, _Histogram] = {}  # by pool, from its first acquisition
+    def __init__(self, figures: Figures) -> None:
+        self.figures = figures
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()
 
     def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily("rlsproxy_transactions", "Transactions completed.", value=self.transactions)
-        yield CounterMetricFamily("rlsproxy_statements", "Statements relayed.", value=self.statements)
+        f = self.figures
+        yield CounterMetricFamily("rlsproxy_transactions", "Transactions completed.", value=f.transactions)
+        yield CounterMetricFamily("rlsproxy_statements", "Statements relayed.", value=f.statements)
         yield self._histogram(
             "rlsproxy_transaction_duration_seconds",
             "Transaction duration, first statement to commit or rollback.",
-            self.durations,
+            f.durations,
         )
         # The gauge cannot be called rlsproxy_client_connections: that is the counter's family name.
         yield GaugeMetricFamily(
-            "rlsproxy_client_connections_active", "Client connections now open.", value=self.clients_active
+            "rlsproxy_client_connections_active", "Client connections now open.", value=f.clients_active
         )
         outcomes = CounterMetricFamily(
             "rlsproxy_client_connections",
             "Client connections by how their startup ended.",
             labels=["outcome"],
         )
-        for outcome, count in self.outcomes.items():
+        for outcome, count in f.outcomes.items():
             outcomes.add_metric([outcome], count)
         yield outcomes
         yield CounterMetricFamily(
-            "rlsproxy_client_bytes_received", "Bytes read from clients.", value=self.bytes_received
+            "rlsproxy_client_bytes_received", "Bytes read from clients.", value=f.bytes_received
         )
         yield CounterMetricFamily(
-            "rlsproxy_client_bytes_sent", "Bytes sent to clients.", value=self.bytes_sent
+            "rlsproxy_client_bytes_sent", "Bytes sent to clients.", value=f.bytes_sent
         )
-        yield self._histogram("rlsproxy_jwt_verify_seconds", "Time to verify a token.", self.jwt_seconds)
+        yield self._histogram("rlsproxy_jwt_verify_seconds", "Time to verify a token.", f.jwt_seconds)
         yield CounterMetricFamily(
-            "rlsproxy_jwt_cache_hits", "Tokens found in the verification cache.", value=self.jwt_cache_hits
+            "rlsproxy_jwt_cache_hits", "Tokens found in the verification cache.", value=f.jwt_cache_hits
         )
         yield CounterMetricFamily(
-            "rlsproxy_jwt_cache_misses", "Tokens verified from scratch.", value=self.jwt_cache_misses
+            "rlsproxy_jwt_cache_misses", "Tokens verified from scratch.", value=f.jwt_cache_misses
         )
         acquire = HistogramMetricFamily(
             "rlsproxy_pool_acquire_seconds",
             "Time a client waited for an upstream connection.",
             labels=["pool"],
         )
-        for pool, histogram in self.acquire_seconds.items():
-            histogram.add_to(acquire, [pool])
+        for pool, histogram in f.acquire_seconds.items():
+            _add_histogram(acquire, [pool], histogram)
         yield acquire
 
     @staticmethod
-    def _histogram(name: str, documentation: str, histogram: _Histogram) -> HistogramMetricFamily:
+    def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
         family = HistogramMetricFamily(name, documentation, labels=[])
-        histogram.add_to(family, [])
+        _add_histogram(family, [], histogram)
         return family
 
 
@@ -299,8 +274,9 @@ class Metrics:
         self.auth_failures = Counter(
             "rlsproxy_auth_failures_total", "Refused authentications by reason.", ["reason"], registry=r
         )
-        self.plain = _PlainFigures()  # per transaction and per connection: no lock per update
-        r.register(self.plain)
+        # Per transaction and per connection: plain numbers, no lock per update.
+        self.figures = Figures(CONNECTION_OUTCOMES, TRANSACTION_BUCKETS, JWT_BUCKETS)
+        r.register(_FiguresCollector(self.figures))
         self.guard_refusals = Counter(
             "rlsproxy_guard_refusals_total", "Statements refused by the guard, by rule.", ["rule"], registry=r
         )
@@ -362,21 +338,9 @@ class Metrics:
             self.jwks_refreshes.labels(outcome)
 
     # client connections ------------------------------------------------------------------------
-    def client_connected(self) -> None:
-        self.plain.clients_active += 1
-
-    def client_disconnected(self) -> None:
-        self.plain.clients_active -= 1
-
     def connection_outcome(self, outcome: str) -> None:
         """How a connection's startup ended: ok | auth_failed | refused | error (anything else: error)."""
-        self.plain.outcomes[outcome if outcome in CONNECTION_OUTCOMES else "error"] += 1
-
-    def bytes_received(self, n: int) -> None:
-        self.plain.bytes_received += n
-
-    def bytes_sent(self, n: int) -> None:
-        self.plain.bytes_sent += n
+        self.figures.outcomes[outcome if outcome in CONNECTION_OUTCOMES else "error"] += 1
 
     # authentication ----------------------------------------------------------------------------
     def auth_failed(self, reason: str) -> None:
@@ -384,7 +348,7 @@ class Metrics:
 
     def jwt_verified(self, seconds: float, *, cache_hit: bool) -> None:
         """One token check: its duration and whether the verification cache answered it."""
-        plain = self.plain
+        plain = self.figures
         plain.jwt_seconds.observe(seconds)
         if cache_hit:
             plain.jwt_cache_hits += 1
@@ -397,15 +361,6 @@ class Metrics:
         ).inc()
 
     # transactions and the guard ----------------------------------------------------------------
-    def transactions_finished(self, count: int, seconds: float) -> None:
-        """`count` transactions pipelined together ended after `seconds`: one duration sample for the run."""
-        plain = self.plain
-        plain.transactions += count
-        plain.durations.observe(seconds)
-
-    def statement(self, n: int = 1) -> None:
-        self.plain.statements += n
-
     def refusal(self, rule: str) -> None:
         self.guard_refusals.labels(_bounded(rule, GUARD_RULES)).inc()
 
@@ -441,9 +396,9 @@ class Metrics:
         self._pools.remove(pool)
 
     def pool_acquired(self, pool: str, seconds: float) -> None:
-        histogram = self.plain.acquire_seconds.get(pool)
+        histogram = self.figures.acquire_seconds.get(pool)
         if histogram is None:
-            histogram = self.plain.acquire_seconds[pool] = _Histogram(ACQUIRE_BUCKETS)
+            histogram = self.figures.acquire_seconds[pool] = Histogram(ACQUIRE_BUCKETS)
         histogram.observe(seconds)
 
     def upstream_connect_error(self, pool: str) -> None:

@@ -52,6 +52,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.metrics = proxy.metrics
+        self.figures = proxy.metrics.figures  # what changes per transaction: field updates, compiled
         self.transport: asyncio.Transport | None = None
         self.server: ServerConnection | None = None
         self.relay: Relay | None = None
@@ -79,7 +80,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.metrics.client_connected()
+        self.figures.clients_active += 1
         # Until its handshake has to wait, the client has no handshake task: Proxy's sweep times it out.
         self._startup_deadline = time.monotonic() + self.proxy.config.limits.startup_timeout_s
         self.proxy.handshakes.add(self)
@@ -125,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
         if to_client:
             self._write(to_client)
         if relay.statements != self._statements:
-            self.metrics.statement(relay.statements - self._statements)
+            self.figures.statements += relay.statements - self._statements
             self._statements = relay.statements
         if relay.transactions != self._transactions and not self._tx_started:
             self._tx_started = time.monotonic()
@@ -174,7 +175,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _transactions_done(self, total: int) -> None:
         """Every transaction begun so far has ended: count them, and time them as one (pipelines)."""
-        self.metrics.transactions_finished(total - self._transactions, time.monotonic() - self._tx_started)
+        self.figures.transactions_finished(total - self._transactions, time.monotonic() - self._tx_started)
         self._transactions = total
         self._tx_started = 0.0
 
@@ -208,9 +209,10 @@ class ClientConnection(asyncio.Protocol):
         self._closed = True
         if self.transport is not None:
             self.transport.close()
-        self.metrics.client_disconnected()
-        self.metrics.bytes_received(self.bytes_in)
-        self.metrics.bytes_sent(self.bytes_out)
+        figures = self.figures
+        figures.clients_active -= 1
+        figures.bytes_received += self.bytes_in
+        figures.bytes_sent += self.bytes_out
         self.proxy.clients.pop(self.key_pid, None)
         self.proxy.handshakes.discard(self)
         if self.trail is not None:
