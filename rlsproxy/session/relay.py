@@ -23,7 +23,7 @@ from rlsproxy.session.expected import CLIENT, PREFIX_ENTRY, Pending
 from rlsproxy.session.guard import RESERVED_NAME_PREFIX, Guard, Verdict
 from rlsproxy.session.guard_fast import plain_text_allows
 from rlsproxy.session.in_band import SET_CONFIG_SQL, SET_SQL, InBand, payload
-from rlsproxy.session.server import Chunks, ServerState
+from rlsproxy.session.server import VIEW_AT, Chunks, ServerState, Slice
 from rlsproxy.session.simple import (
     DESCRIBE_UNNAMED_PORTAL,
     PARSE_TAIL_SYNC,
@@ -233,8 +233,8 @@ class Relay:
                 return
             self._carry = None
             data, pos = resumed
-        view = memoryview(data)
         n = len(data)
+        view = memoryview(data) if n >= VIEW_AT else data  # see VIEW_AT
         header = _HEADER.unpack_from
         largest = self._max - 1
         t: int  # declared: compiled (setup.py), the comparisons below are then on machine integers
@@ -331,7 +331,7 @@ class Relay:
             )
 
     @staticmethod
-    def _flush(view: memoryview, fwd: int, pos: int, to_server: Chunks) -> int:
+    def _flush(view: Slice, fwd: int, pos: int, to_server: Chunks) -> int:
         if fwd < pos:
             to_server.append(view[fwd:pos])
         return pos
@@ -361,7 +361,7 @@ class Relay:
         else:
             server.pending.append(Pending(CLIENT, closed=True))
 
-    def _query(self, server: ServerState, body: bytes, raw: memoryview, to_server: Chunks) -> None:
+    def _query(self, server: ServerState, body: bytes, raw: Slice, to_server: Chunks) -> None:
         sql = fe.query_text(body)
         verdict = self._classifier.query_verdict(sql)
         action = verdict.action
@@ -536,7 +536,7 @@ class Relay:
         """Not surely inside a transaction: replies are outstanding, or the last status was idle."""
         return bool(server.pending) or server.tx_status == codes.TX_IDLE
 
-    def _extended(self, server: ServerState, t: int, body: bytes, raw: memoryview, to_server: Chunks) -> None:
+    def _extended(self, server: ServerState, t: int, body: bytes, raw: Slice, to_server: Chunks) -> None:
         if t == codes.PARSE:
             name, sql = fe.parse_fields(body)
             if _reserved(name):

@@ -30,14 +30,19 @@ from rlsproxy.wire import frontend as fe
 from rlsproxy.wire.framing import STREAM_AT, Carry, FramingError
 from rlsproxy.wire.startup import build_startup_message
 
-Chunks = list[bytes | memoryview]
+Slice = bytes | memoryview  # part of a read: a memoryview of a long one, else bytes (VIEW_AT)
+Chunks = list[Slice]
 _HEADER: Final = struct.Struct("!BI")  # message type, length (which counts itself, not the type byte)
 _MARKER: Final = context.REFUSAL_MARKER.encode()
 # Replies to the extended messages that stand in for a simple Query; a simple Query never gets them.
 _TRANSLATION_ONLY: Final = frozenset((codes.PARSE_COMPLETE, codes.BIND_COMPLETE, codes.NO_DATA))
 _PARSED_AND_BOUND: Final = be.message(codes.PARSE_COMPLETE, b"") + be.message(codes.BIND_COMPLETE, b"")
+_PARSED_AND_BOUND_LEN: Final = len(_PARSED_AND_BOUND)
 # Replies that may arrive at any time and always belong to the client.
 _ASYNC: Final = frozenset((codes.NOTICE_RESPONSE, codes.NOTIFICATION_RESPONSE, codes.PARAMETER_STATUS))
+# Reads at least this long are sliced through a memoryview (no copies); shorter ones, most replies,
+# as bytes: copying a few hundred bytes costs less than making the view and a view per slice.
+VIEW_AT: Final = 2048
 # Upper bound on one server message; DataRows of 1 GB fields exist, the framing only needs a sanity cap.
 MAX_SERVER_MESSAGE: Final = 1 << 31
 
@@ -74,8 +79,8 @@ class ServerState:
                 return
             self._carry = None
             data, pos = resumed
-        view = memoryview(data)
         n = len(data)
+        view = memoryview(data) if n >= VIEW_AT else data  # see VIEW_AT
         pending = self.pending
         header = _HEADER.unpack_from
         head = pending[0] if pending else None  # looked up again only when an entry ends
@@ -106,8 +111,10 @@ class ServerState:
                     if head.translated and t in _TRANSLATION_ONLY:
                         if fwd < pos:
                             to_client.append(view[fwd:pos])
-                        if data.startswith(_PARSED_AND_BOUND, pos):  # the usual pair, in one step
-                            end = pos + len(_PARSED_AND_BOUND)
+                        # The usual pair, in one step. (A slice compared: bytes.startswith with a
+                        # start takes a tuple of arguments, costlier compiled.)
+                        if data[pos : pos + _PARSED_AND_BOUND_LEN] == _PARSED_AND_BOUND:
+                            end = pos + _PARSED_AND_BOUND_LEN
                         fwd = end
                     elif t == codes.ERROR_RESPONSE:
                         if fwd < pos:
@@ -137,7 +144,7 @@ class ServerState:
             if head.kind == PREFIX:
                 if t == codes.BIND_COMPLETE:
                     reply = self._prefix_reply
-                    if reply and data.startswith(reply, pos):
+                    if reply and data[pos : pos + len(reply)] == reply:
                         end = pos + len(reply)
                         pending.popleft()
                     else:
