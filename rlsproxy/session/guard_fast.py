@@ -63,6 +63,14 @@ _FAST_WORDS: Final = frozenset(name.removesuffix("_P") for name in _FAST_FIRST)
 # "SELECT$1", "SELECT_x" or "SELECTé" is one identifier to Postgres, not the keyword.
 _LEADING_WORD: Final = re.compile(r"[ \t\n\r\f\v]*([A-Za-z]+)(?![\w$]|[^\x00-\x7f])")
 _TRAILING: Final = " \t\n\r\f\v;"
+_SPACE: Final = " \t\n\r\f\v"
+# The same keywords by first letter, lower-case (the usual case, without the regex), and what may
+# follow a keyword for it to end there (no letter, digit, _ or $; the text is ASCII by then).
+_FAST_BY_FIRST: Final = {
+    letter: tuple(w.lower() for w in sorted(_FAST_WORDS) if w[0].lower() == letter)
+    for letter in {w[0].lower() for w in _FAST_WORDS}
+}
+_IDENTIFIER_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_$")
 # Lower-case substrings after which only the scanner can tell: watched names anywhere (even in a
 # string), "prepared" (COMMIT PREPARED), "&" (U& escapes), ";" before the end (several statements).
 # (query_to_xml stands for its longer variants, which contain it.)
@@ -79,18 +87,29 @@ def plain_text_allows(sql: str) -> bool | None:
     """True: allowed without the scanner. False: surely not plain DML. None: ask the scanner."""
     if not sql.isascii():  # identifier rules and encodings beyond ASCII are the scanner's to apply
         return None
-    match = _LEADING_WORD.match(sql)
-    if match is None:
-        return None
-    if match.group(1).upper() not in _FAST_WORDS:
-        return False
+    lowered = sql.lower()
+    if not _starts_with_fast_word(lowered):
+        match = _LEADING_WORD.match(sql)
+        if match is None:
+            return None
+        if match.group(1).upper() not in _FAST_WORDS:
+            return False
     if ";" in sql.rstrip(_TRAILING):
         return None
-    lowered = sql.lower()
     for word in _DEFER:
         if word in lowered:
             return None
     return True
+
+
+def _starts_with_fast_word(lowered: str) -> bool:
+    """The leading-word regex's "one of _FAST_WORDS" answer, found with a few string calls. False
+    means only that this quick look did not find one: the regex then decides."""
+    text = lowered.lstrip(_SPACE)
+    for word in _FAST_BY_FIRST.get(text[:1], ()):
+        if text.startswith(word) and text[len(word) : len(word) + 1] not in _IDENTIFIER_CHARS:
+            return True
+    return False
 
 
 def plainly_allowed(sql: str) -> bool:

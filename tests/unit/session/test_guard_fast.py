@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlsproxy.session.guard import ALLOW, classify
-from rlsproxy.session.guard_fast import plain_text_allows, plainly_allowed
+from rlsproxy.session.guard_fast import (
+    _FAST_WORDS,
+    _LEADING_WORD,
+    _starts_with_fast_word,
+    plain_text_allows,
+    plainly_allowed,
+)
 
 # Pieces of SQL that matter to the guard or to the scanner, glued together at random.
 _PIECES = [
@@ -94,6 +100,17 @@ def test_plain_text_allow_implies_the_full_guard_allows(joiner: str, pieces: lis
         assert verdict == ALLOW or verdict.rule == "syntax", (sql, verdict)
 
 
+@settings(max_examples=3000, deadline=None)
+@given(
+    pieces=st.lists(st.sampled_from([*" \t\n\x0b\x1c;1x_$(", "select", "SHOW", "rollback", "Start", "end"]))
+)
+def test_the_quick_look_at_the_leading_word_agrees_with_the_regex(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    match = _LEADING_WORD.match(text)
+    regex_finds_one = match is not None and match.group(1).upper() in _FAST_WORDS
+    assert _starts_with_fast_word(text.lower()) == regex_finds_one, text
+
+
 @pytest.mark.parametrize(
     ("sql", "expected"),
     [
@@ -111,6 +128,10 @@ def test_plain_text_allow_implies_the_full_guard_allows(joiner: str, pieces: lis
         ("SELECT\xa0x", None),  # non-ASCII continues an identifier
         ("/* c */ select 1", None),
         ("select 1\0", None),
+        ("\x0b\fSELECT 1", True),  # vertical tab and form feed are Postgres whitespace
+        ("\x1cselect 1", None),  # \x1c is not
+        ("SELECT1", None),
+        ("selects from t", False),  # a longer word: not the keyword
     ],
 )
 def test_plain_text_decisions(sql: str, expected: bool | None) -> None:
