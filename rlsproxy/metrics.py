@@ -217,9 +217,7 @@ class _FiguresCollector(Collector):
         yield CounterMetricFamily(
             "rlsproxy_client_bytes_received", "Bytes read from clients.", value=f.bytes_received
         )
-        yield CounterMetricFamily(
-            "rlsproxy_client_bytes_sent", "Bytes sent to clients.", value=f.bytes_sent
-        )
+        yield CounterMetricFamily("rlsproxy_client_bytes_sent", "Bytes sent to clients.", value=f.bytes_sent)
         yield self._histogram("rlsproxy_jwt_verify_seconds", "Time to verify a token.", f.jwt_seconds)
         yield CounterMetricFamily(
             "rlsproxy_jwt_cache_hits", "Tokens found in the verification cache.", value=f.jwt_cache_hits

@@ -229,7 +229,7 @@ class Pool:
         self._in_use: set[ServerConnection] = set()
         # Released connections being reset still count against max_size: otherwise a client arriving
         # during the reset would open a new connection instead of waiting a moment for this one.
-        self._resetting: set[ServerConnection] = set()
+        self._resetting: dict[ServerConnection, float] = {}  # -> time.monotonic() deadline of its reset
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._on_connect_error = on_connect_error
@@ -435,30 +435,26 @@ class Pool:
             conn.close()
             self._wake()
             return
-        self._resetting.add(conn)
+        # No timer per release: Proxy's sweep calls expire_resets() about every second.
+        self._resetting[conn] = time.monotonic() + RESET_TIMEOUT_S
         errors: list[dict[str, str]] = []
         messages = []
         if state.tx_status != codes.TX_IDLE:
             messages.append(state.internal(ROLLBACK, lambda entry: errors.extend(entry.errors)))
-        timer = asyncio.get_running_loop().call_later(RESET_TIMEOUT_S, self._reset_done, conn, None, errors)
-        messages.append(
-            state.internal(DISCARD_ALL, lambda entry: self._reset_done(conn, entry, errors, timer))
-        )
+        messages.append(state.internal(DISCARD_ALL, lambda entry: self._reset_done(conn, entry, errors)))
         conn.write(messages)
 
+    def expire_resets(self, now: float) -> None:
+        """Close the connections whose reset has not answered by its deadline."""
+        for conn in [c for c, deadline in self._resetting.items() if deadline <= now]:
+            self._reset_done(conn, None, [])
+
     def _reset_done(
-        self,
-        conn: ServerConnection,
-        entry: Pending | None,
-        errors: list[dict[str, str]],
-        timer: asyncio.TimerHandle | None = None,
+        self, conn: ServerConnection, entry: Pending | None, errors: list[dict[str, str]]
     ) -> None:
         """The reset's end (`entry`), or its timeout (None): only a clean reset makes it reusable."""
-        if timer is not None:
-            timer.cancel()
-        if conn not in self._resetting:
+        if self._resetting.pop(conn, None) is None:
             return  # already ended (a reply after the timeout)
-        self._resetting.discard(conn)
         state = conn.state
         clean = (
             entry is not None

@@ -174,7 +174,7 @@ class Proxy:
         if self.jwks is not None:
             self.jwks.start()
         self.spawn(self._reaper())
-        self.spawn(self._startup_sweeper())
+        self.spawn(self._sweeper())
 
     @property
     def port(self) -> int:
@@ -194,15 +194,19 @@ class Proxy:
             if self.service_pool is not None:
                 self.service_pool.reap_idle()
 
-    async def _startup_sweeper(self) -> None:
-        """Time out clients that connected and sent nothing: a sweep a few times per startup
-        timeout instead of a timer per connection. A handshake task (started by the first bytes
-        when the handshake has to wait) keeps the same deadline itself."""
+    async def _sweeper(self) -> None:
+        """Time out clients that connected and sent nothing, and server resets that get no answer:
+        a sweep a few times per startup timeout instead of a timer per connection. A handshake
+        task (started by the first bytes when the handshake has to wait) keeps the same deadline
+        itself."""
         while True:
             await asyncio.sleep(min(1.0, self.config.limits.startup_timeout_s / 4))
             now = time.monotonic()
             for client in [c for c in self.handshakes if c.startup_overdue(now)]:
                 client.startup_timed_out()
+            for pool in (self.pool, self.service_pool):
+                if pool is not None:
+                    pool.expire_resets(now)
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop accepting; end each session when it is between transactions; True if all ended in time.
