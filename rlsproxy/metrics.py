@@ -346,12 +346,12 @@ class Metrics:
 
     def jwt_verified(self, seconds: float, *, cache_hit: bool) -> None:
         """One token check: its duration and whether the verification cache answered it."""
-        plain = self.figures
-        plain.jwt_seconds.observe(seconds)
+        figures = self.figures
+        figures.jwt_seconds.observe(seconds)
         if cache_hit:
-            plain.jwt_cache_hits += 1
+            figures.jwt_cache_hits += 1
         else:
-            plain.jwt_cache_misses += 1
+            figures.jwt_cache_misses += 1
 
     def in_band_switch(self, outcome: str) -> None:
         self.in_band_switches.labels(
