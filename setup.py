@@ -4,8 +4,8 @@ All metadata is in pyproject.toml; this file only adds the C extensions, and onl
 plain `pip install .` stays pure Python. The compiled modules are the per-message path (the wire
 codec, the session machines, the asyncio edge with its pool and counters) and the per-connection path
 (startup, handshake).
-Measured (README, Performance): 11-14% less proxy CPU per `pgbench -S` transaction, 12% per TPC-B
-transaction, nothing measurable per new connection (syscalls and uncompiled code dominate there).
+Measured (README, Performance, run 20261124T034129Z): 12-19% less proxy CPU per `pgbench -S`
+transaction, 17% per TPC-B transaction, 13% per new connection.
 The .py files ship too; Python imports the compiled module when there is one.
 
 Needs a C compiler and the `compile` extra installed (mypy checks the code with the runtime
