@@ -201,12 +201,19 @@ class Proxy:
         itself."""
         while True:
             await asyncio.sleep(min(1.0, self.config.limits.startup_timeout_s / 4))
-            now = time.monotonic()
-            for client in [c for c in self.handshakes if c.startup_overdue(now)]:
-                client.startup_timed_out()
-            for pool in (self.pool, self.service_pool):
-                if pool is not None:
-                    pool.expire_resets(now)
+            # A bug in one sweep must not end the sweeping: silent clients would then hold their
+            # sockets for good.
+            try:
+                self._sweep(time.monotonic())
+            except Exception:
+                log.exception("bug in the sweep for startup and reset timeouts")
+
+    def _sweep(self, now: float) -> None:
+        for client in [c for c in self.handshakes if c.startup_overdue(now)]:
+            client.startup_timed_out()
+        for pool in (self.pool, self.service_pool):
+            if pool is not None:
+                pool.expire_resets(now)
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop accepting; end each session when it is between transactions; True if all ended in time.

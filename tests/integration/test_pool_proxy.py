@@ -205,6 +205,33 @@ def test_silent_client_is_timed_out(proxy: RunningProxy) -> None:
         assert conn.execute("select auth.uid()::text").fetchone() == (ALICE,)
 
 
+class _BrokenHandshake:
+    """Stands in the proxy's set of handshakes and fails the next sweep once (a bug)."""
+
+    def __init__(self, handshakes: set[Any]) -> None:
+        self.handshakes = handshakes
+
+    def startup_overdue(self, now: float) -> bool:
+        self.handshakes.discard(self)
+        raise RuntimeError("a bug in the sweep")
+
+
+def test_the_sweep_goes_on_after_a_failure(proxy: RunningProxy, caplog: pytest.LogCaptureFixture) -> None:
+    """One failed sweep is logged; the next ones still time silent clients out."""
+    handshakes = proxy.proxy.handshakes
+    proxy.loop.call_soon_threadsafe(handshakes.add, _BrokenHandshake(handshakes))
+    deadline = time.monotonic() + 5
+    while "bug in the sweep" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "bug in the sweep for startup and reset timeouts" in caplog.text
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    s.close()
+    assert b"C08P01\x00Mrlsproxy: startup timed out\x00" in data, data
+
+
 def test_usual_handshake_needs_no_task(proxy: RunningProxy) -> None:
     """SSLRequest (no listen.tls), then a startup packet with its token and settings a server was
     greeted with before: the client is greeted from data_received, even when the packet comes in
