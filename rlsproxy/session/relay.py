@@ -379,10 +379,7 @@ class Relay:
         # DISCARD ALL must run outside any transaction, so it goes without the prefix; it runs
         # as the login role, which can read nothing. It also drops the context statement.
         if self._open is None and action != "discard_all" and self._may_be_idle(server):
-            if verdict is PLAIN:
-                self._plain_in_new_transaction(server, sql, to_server)
-            else:
-                self._query_in_new_transaction(server, sql, to_server)
+            self._query_in_new_transaction(server, sql, verdict is PLAIN, to_server)
         else:
             # Inside the client's transaction (or DISCARD ALL): the Query goes as it came.
             if self._open is None:
@@ -399,32 +396,29 @@ class Relay:
         if self._restore and action in ("discard_all", "reset_all"):
             to_server.append(server.internal(self._restore))
 
-    def _plain_in_new_transaction(self, server: ServerState, sql: bytes, to_server: Chunks) -> None:
-        """The usual case of the next method, in short: one statement that needs no Translation."""
-        self._open_batch(server, to_server, context=True)
-        batch = self._open
-        assert batch is not None
-        batch.translated = True
-        to_server += (parse_head(len(sql)), sql, PARSE_TAIL_SYNC)
-        self._end_batch(server)
-
-    def _query_in_new_transaction(self, server: ServerState, sql: bytes, to_server: Chunks) -> None:
-        """Prefix + the Query as extended messages + Sync (see simple.py for why)."""
-        translation = self._classifier.translation(sql)
-        if translation.copy_not_last:
+    def _query_in_new_transaction(
+        self, server: ServerState, sql: bytes, plain: bool, to_server: Chunks
+    ) -> None:
+        """Prefix + the Query as extended messages + Sync (see simple.py for why). A `plain` text
+        (verdict PLAIN: one statement, never a COPY) is written around its SQL, no Translation built."""
+        translation = None if plain else self._classifier.translation(sql)
+        if translation is not None and translation.copy_not_last:
             self._refuse_query(server, "copy_not_last", COPY_NOT_LAST_REFUSED, to_server)
             return
         self._open_batch(server, to_server, context=True)
         entry = self._open
         assert entry is not None
         entry.translated = True
-        entry.offsets = translation.offsets
-        to_server.append(translation.messages)
-        if translation.copy_in:
-            entry.deferred_sync = True
-            self._copy_entry = entry
+        if translation is None:
+            to_server += (parse_head(len(sql)), sql, PARSE_TAIL_SYNC)
         else:
-            to_server.append(fe.SYNC)
+            entry.offsets = translation.offsets
+            to_server.append(translation.messages)
+            if translation.copy_in:
+                entry.deferred_sync = True
+                self._copy_entry = entry
+            else:
+                to_server.append(fe.SYNC)
         self._end_batch(server)
 
     # -- in-band identity ---------------------------------------------------------------------

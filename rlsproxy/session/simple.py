@@ -38,17 +38,17 @@ _AFTER_PARSE: Final = BIND_UNNAMED + DESCRIBE_UNNAMED_PORTAL + EXECUTE_ALL
 # A Parse of the unnamed statement up to its SQL: type, length, the empty name's terminator.
 _PARSE_HEAD: Final = struct.Struct("!BIB")
 # What follows the SQL: its terminator, no parameter types, then the rest of one statement's messages.
-PARSE_TAIL: Final = b"\0\0\0" + _AFTER_PARSE
-PARSE_TAIL_SYNC: Final = PARSE_TAIL + message(codes.SYNC, b"")
+_PARSE_TAIL: Final = b"\0\0\0" + _AFTER_PARSE
+PARSE_TAIL_SYNC: Final = _PARSE_TAIL + message(codes.SYNC, b"")
 
 
 def parse_head(sql_length: int) -> bytes:
-    """The bytes before the SQL in the Parse of the unnamed statement (see PARSE_TAIL)."""
+    """The bytes before the SQL in the Parse of the unnamed statement (see _PARSE_TAIL)."""
     return _PARSE_HEAD.pack(codes.PARSE, sql_length + 8, 0)  # 8: the length itself, 1 + 3 bytes around it
 
 
 def _statement(sql: bytes) -> bytes:
-    return parse_head(len(sql)) + sql + PARSE_TAIL
+    return parse_head(len(sql)) + sql + _PARSE_TAIL
 
 
 def decode_sql(raw: bytes) -> tuple[str, str]:
