@@ -85,6 +85,7 @@ class Authenticator:
         verifier: TokenVerifier,
     ) -> None:
         self._role_claim = jwt_cfg.role_claim
+        self._require_sub = jwt_cfg.require_sub
         self._roles = roles_cfg
         self._allowed = frozenset(roles_cfg.allowed)
         # A service without match rules would match every token; it is never considered.
@@ -154,6 +155,13 @@ class Authenticator:
             )
 
         if label is None and role in self._allowed:
+            if self._require_sub and not subject and role != self._roles.anonymous:
+                raise AuthError(
+                    "missing_claim",
+                    f'token has no subject (sub): role "{_shown(role)}" needs a non-empty "sub" claim '
+                    "(jwt.require_sub)",
+                    code=_CODE,
+                )
             return identity()
 
         def denied(reason: str, message: str, service: str | None) -> BypassDenied:

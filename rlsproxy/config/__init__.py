@@ -170,7 +170,8 @@ def describe(config: Config) -> str:
         f"jwt:       {', '.join(j.algorithms)}; {', '.join(keys) or 'no keys'}",
         f"           audience {_opt_list(j.audience)}, issuer {j.issuer or 'any'}, "
         f"role claim {j.role_claim}, required claims {_opt_list(j.required_claims or None)}, "
-        f"leeway {_num(j.leeway_s)}s, in-band tokens {'on' if j.in_band else 'off'}",
+        f"leeway {_num(j.leeway_s)}s, sub {'required' if j.require_sub else 'optional'}, "
+        f"in-band tokens {'on' if j.in_band else 'off'}",
         f"roles:     allowed {', '.join(ro.allowed)}; default {ro.default or 'none (token must name one)'}; "
         f"anonymous {ro.anonymous or 'refused'}",
         f"http:      {_hostport(h.host, h.port) if h.enabled else 'disabled'}",

@@ -164,6 +164,7 @@ def _jwt_fields(r: _Reader, s: _Section, d: JwtConfig) -> JwtConfig:
         required_claims=s.strings(
             "required_claims", _string(), d.required_claims, nonempty=False, what="a list of claim names"
         ),
+        require_sub=s.get("require_sub", _boolean, d.require_sub),
         in_band=s.get("in_band", _boolean, d.in_band),
         cache_size=s.get("cache_size", _POSITIVE_INT, d.cache_size),
     )

@@ -69,6 +69,9 @@ class JwtConfig:
     leeway_s: float = 30.0
     role_claim: str = "role"  # dotted path, e.g. app_metadata.role
     required_claims: tuple[str, ...] = ("exp",)
+    # A token for any role but roles.anonymous must carry a non-empty string "sub" (auth.uid()).
+    # Service identities (matched by `services`, always with a label) are exempt.
+    require_sub: bool = True
     in_band: bool = True
     cache_size: int = 10_000
 
