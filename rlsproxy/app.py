@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import socket
 from pathlib import Path
 
 from rlsproxy.config import Config
 from rlsproxy.proxy import Proxy
 
 log = logging.getLogger("rlsproxy")
+
+
+class ListenError(Exception):
+    """A listener could not be opened (a port in use, an address not on this host): one line naming
+    the config key and the address."""
+
+
+def listen_error(key: str, host: str, port: int, exc: OSError) -> ListenError:
+    """`key` is the section (listen, http); the line names its port or its host, whichever is wrong."""
+    if isinstance(exc, socket.gaierror) or not exc.errno:
+        why = exc.strerror or str(exc)
+    else:
+        why = os.strerror(exc.errno)
+    field = "port" if exc.errno in (errno.EADDRINUSE, errno.EACCES) else "host"
+    return ListenError(f"{key}.{field}: cannot listen on {host}:{port}: {why.lower()}")
 
 
 def build_proxy(config: Config, base_dir: Path | None = None, config_path: str | None = None) -> Proxy:
@@ -20,7 +38,16 @@ async def run(config: Config, path: str, stop: asyncio.Event, hangup: asyncio.Ev
     """Serve until `stop` is set, then drain (see shutdown); each `hangup` (SIGHUP) reopens the audit log
     and reloads the config."""
     proxy = build_proxy(config, Path(path).parent, config_path=path)
-    await proxy.start()
+    try:
+        await proxy.start()
+    except OSError as exc:
+        # Proxy.start opens the client listener first, then sets proxy.http and opens that one.
+        if proxy.http is not None:
+            key, host, port = "http", config.http.host, config.http.port
+        else:
+            key, host, port = "listen", config.listen.host, config.listen.port
+        await proxy.close()
+        raise listen_error(key, host, port, exc) from None
     log.info("rlsproxy listening on %s:%d", config.listen.host, proxy.port)
     if proxy.http is not None:
         log.info("http endpoints on %s:%d", config.http.host, proxy.http.port)

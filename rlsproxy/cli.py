@@ -28,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--config", help=f"YAML file (default: $RLSPROXY_CONFIG or {DEFAULT_CONFIG})")
 
     check = sub.add_parser("check-config", help="validate a config file and name every problem")
-    check.add_argument("--config", help="YAML file")
+    check.add_argument("path", nargs="?", metavar="PATH", help="YAML file (the same as --config PATH)")
+    check.add_argument("--config", help=f"YAML file (default: $RLSPROXY_CONFIG or {DEFAULT_CONFIG})")
 
     token = sub.add_parser("token", help="mint a development token (HS256)")
     token.add_argument("--secret", default=os.environ.get("RLSPROXY_JWT_SECRET"), help="HS secret")
@@ -53,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_doctor(args)
     if args.command == "check-config":
-        return _check_config(_config_path(args.config))
+        if args.path and args.config and args.path != args.config:
+            check.error("give the file once: PATH or --config PATH")
+        return _check_config(_config_path(args.path or args.config))
     if args.command == "token":
         return _token(args)
     return _serve(_config_path(args.config))
@@ -83,7 +86,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _serve(path: str) -> int:
-    from rlsproxy.app import run
+    from rlsproxy.app import ListenError, run
     from rlsproxy.config import ConfigError, load_config
 
     try:
@@ -104,6 +107,9 @@ def _serve(path: str) -> int:
         loop.run_until_complete(run(config, path, stop, hangup))
     except ConfigError as exc:  # key or certificate files that exist but cannot be used
         return _problems(f"{path}: cannot start:", exc.problems)
+    except ListenError as exc:  # a port in use: one line, no traceback
+        print(f"{path}: cannot start: {exc}", file=sys.stderr)
+        return 1
     finally:
         loop.close()
     return 0
