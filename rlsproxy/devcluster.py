@@ -23,6 +23,7 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -660,23 +661,62 @@ class DevCluster:
         )
 
 
+def _port_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port (None if it could), found before initdb runs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Postgres binds: TIME_WAIT is fine
+        try:
+            probe.bind((host, port))
+            probe.listen()
+        except OSError as exc:
+            return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    return None
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    """Ctrl-C, a plain ``kill`` or the terminal closing: leave the ``with`` block, which stops the
+    server and removes its directory. Further signals are ignored so that they cannot cut that short."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _main(argv: Sequence[str]) -> int:
-    """``python -m rlsproxy.devcluster [--port N]``: start a demo cluster and wait for Ctrl-C."""
+    """``python -m rlsproxy.devcluster [--port N]``: start a demo cluster and wait for Ctrl-C or SIGTERM."""
     import argparse
     import time
 
     parser = argparse.ArgumentParser(prog="python -m rlsproxy.devcluster", description=_main.__doc__)
     parser.add_argument("--port", type=int, default=None, help="TCP port (default: any free one)")
     args = parser.parse_args(argv)
-    with DevCluster(port=args.port) as pg:
-        pg.start()
-        pg.install_demo()
-        print(f"PostgreSQL {pg.version()} ready: {pg.dsn()}", flush=True)
-        print(f"  authenticator: {pg.dsn(user='authenticator', password=AUTHENTICATOR_PASSWORD)}")
-        print("Ctrl-C to stop and remove it.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
+    if args.port is not None and (problem := _port_problem("127.0.0.1", args.port)):
+        print(
+            f"{parser.prog}: --port {args.port}: cannot listen on 127.0.0.1:{args.port}: {problem}",
+            file=sys.stderr,
+        )
+        return 1
+    # Without a handler SIGTERM and SIGHUP end the interpreter at once, leaving the server running
+    # and its directory behind.
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _stop_on_signal)
+    try:
+        with DevCluster(port=args.port) as pg:
+            pg.start()
+            pg.install_demo()
+            print(f"PostgreSQL {pg.version()} ready: {pg.dsn()}", flush=True)
+            print(f"  authenticator: {pg.dsn(user='authenticator', password=AUTHENTICATOR_PASSWORD)}")
+            print(f"  data directory: {pg.workdir}")
+            print("Ctrl-C (or kill) stops it and removes that directory.", flush=True)
             while True:
                 time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:  # the server would not start: what it said, without a traceback
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
