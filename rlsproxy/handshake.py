@@ -14,7 +14,10 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Final
 
-from rlsproxy.auth.startup import ClientStartup, read_startup
+from jwt import get_unverified_header
+from jwt.exceptions import PyJWTError
+
+from rlsproxy.auth.startup import JWT_PARAM, ClientStartup, read_startup
 from rlsproxy.errors import AuthError, ProtocolViolation, ProxyError
 from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes, sqlstate
@@ -206,8 +209,28 @@ async def _credentials(
         end = next_message(conn.inbox, 0, MAX_STARTUP_PACKET_LENGTH)
     body, conn.inbox = conn.inbox[5:end], conn.inbox[end:]
     password = body[:-1].decode(errors="replace") if body.endswith(b"\0") else ""
+    if password:
+        _refuse_non_jwt_password(conn, password)
     await conn.proxy.await_keys(password or None)
     return client, password or None
+
+
+def _refuse_non_jwt_password(conn: ClientConnection, password: str) -> None:
+    """A password that is not a JWT at all (a database password, typed at psql's prompt): refused as
+    the token check would refuse it, with a hint that says what the password is and how else a token
+    can be passed."""
+    try:
+        get_unverified_header(password)
+    except PyJWTError:
+        hint = f"The password is the client's JWT; it can also be sent as options='-c {JWT_PARAM}=<token>'"
+        if conn.proxy.config.roles.anonymous is not None:
+            hint += f", or as options='-c {JWT_PARAM}=' (empty) for anonymous access"
+        raise AuthError(
+            "malformed",
+            "token is not a well-formed JWT",
+            code=sqlstate.INVALID_AUTHORIZATION_SPECIFICATION,
+            hint=hint + ".",
+        ) from None
 
 
 def _checked_startup(conn: ClientConnection, packet: bytes, startup: StartupMessage) -> ClientStartup:
