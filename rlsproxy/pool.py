@@ -228,8 +228,11 @@ class Pool:
         self._idle: deque[ServerConnection] = deque()
         self._in_use: set[ServerConnection] = set()
         # Released connections being reset still count against max_size: otherwise a client arriving
-        # during the reset would open a new connection instead of waiting a moment for this one.
+        # during the reset would open a new connection instead of waiting a moment for this one
+        # (with room in the pool, acquire waits for one started with the client's settings).
         self._resetting: dict[ServerConnection, float] = {}  # -> time.monotonic() deadline of its reset
+        # Clients waiting for the reset of a connection started with their settings (see acquire).
+        self._reset_waits: dict[ServerConnection, asyncio.Future[None]] = {}
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._on_connect_error = on_connect_error
@@ -297,12 +300,25 @@ class Pool:
         return None
 
     async def acquire(self, settings: Settings = (), *, known_good: bool = False) -> ServerConnection:
-        """A connection for a client with these settings (`known_good`: a server accepted them)."""
+        """A connection for a client with these settings (`known_good`: a server accepted them).
+
+        When none is idle but one started with the same settings is being reset (its client just
+        left: a round trip), the client waits for that one rather than opening another, even with
+        room in the pool: a client that reconnects gets the connection it left, and the pool does
+        not grow with each race against a reset. If the reset fails, or has not ended by the
+        acquire deadline, the client opens a new connection when there is room.
+        """
         deadline = time.monotonic() + self._cfg.acquire_timeout_ms / 1000
+        patient = True
         while True:
             idle = self.try_acquire(settings, known_good=known_good)
             if idle is not None:
                 return idle
+            if patient:
+                resetting = self._resetting_with(settings)
+                if resetting is not None:
+                    patient = await self._reset_ended(resetting, deadline)
+                    continue
             if self.size < self._cfg.max_size:
                 self._connecting += 1
                 try:
@@ -323,6 +339,28 @@ class Pool:
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
+
+    def _resetting_with(self, settings: Settings) -> ServerConnection | None:
+        for conn in self._resetting:
+            if conn.baseline == settings and not conn.closed:
+                return conn
+        return None
+
+    async def _reset_ended(self, conn: ServerConnection, deadline: float) -> bool:
+        """Wait until `conn`'s reset ends (idle, or closed); False when `deadline` comes first."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        ended = self._reset_waits.get(conn)
+        if ended is None:
+            ended = asyncio.get_running_loop().create_future()
+            self._reset_waits[conn] = ended
+        try:
+            # shield: one client's timeout must not cancel what the others wait for.
+            await asyncio.wait_for(asyncio.shield(ended), remaining)
+        except TimeoutError:
+            return False
+        return True
 
     def _timeout(self) -> PoolTimeout:
         return PoolTimeout(
@@ -455,6 +493,9 @@ class Pool:
         """The reset's end (`entry`), or its timeout (None): only a clean reset makes it reusable."""
         if self._resetting.pop(conn, None) is None:
             return  # already ended (a reply after the timeout)
+        ended = self._reset_waits.pop(conn, None)
+        if ended is not None and not ended.done():
+            ended.set_result(None)  # its waiters try again once this returns (idle, or closed)
         state = conn.state
         clean = (
             entry is not None
@@ -488,4 +529,8 @@ class Pool:
         self.closing = True
         for conn in list(self._idle) + list(self._in_use) + list(self._resetting):
             conn.close()
+        for ended in self._reset_waits.values():
+            if not ended.done():
+                ended.set_result(None)
+        self._reset_waits.clear()
         self._idle.clear()

@@ -349,6 +349,15 @@ def test_burst_of_clients_with_new_settings_pins_one_server(make_proxy: Any) -> 
 SETTING_SOURCE = "select source from pg_settings where name = %s"
 
 
+def wait_until(condition: Any, what: str, timeout_s: float = 10.0) -> None:
+    """Poll `condition` (the proxy runs in another thread) until true, failing after a generous bound."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting until {what}")
+        time.sleep(0.005)
+
+
 def test_server_connections_start_with_their_clients_settings(make_proxy: Any) -> None:
     """PgBouncer's way: once a server accepted a client's settings, new server connections start with
     them, and later clients with the same settings need no exchange (Postgres says where a value
@@ -360,6 +369,10 @@ def test_server_connections_start_with_their_clients_settings(make_proxy: Any) -
     with psycopg.connect(dsn, autocommit=True) as second:  # known good: a connection started with them
         assert second.execute(SETTING_SOURCE, ("application_name",)).fetchone() == ("client",)
         pid = second.execute("select pg_backend_pid()").fetchone()
+    # The proxy has taken the disconnect: the connection is being reset, or idle already. Either
+    # way the next client with the same settings gets it (Pool.acquire waits for a reset in
+    # flight rather than opening another connection).
+    wait_until(lambda: proxy.proxy.pool.in_use_count == 0, "the second client's connection is released")
     with psycopg.connect(dsn, autocommit=True) as third:  # and reused as it is
         assert third.execute("select pg_backend_pid()").fetchone() == pid
         assert third.execute(SETTING_SOURCE, ("application_name",)).fetchone() == ("client",)

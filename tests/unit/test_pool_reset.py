@@ -69,3 +69,80 @@ def test_a_reset_without_an_answer_is_closed_at_its_deadline_not_before() -> Non
         assert pool.size == 0 and pool.idle_count == 0
 
     asyncio.run(run())
+
+
+# A client that arrives while a connection started with its settings is being reset waits for that
+# one, even with room in the pool: no new connection, whatever the timing (issue 17).
+
+
+def _fresh(baseline: tuple[tuple[str, str], ...] = ()) -> ServerConnection:
+    conn = ServerConnection(UpstreamLogin("u", None, "db", {}), baseline)
+    conn.transport = _Transport()  # type: ignore[assignment]
+    conn._login = None
+    conn.state = ServerState({}, 1, b"key")
+    return conn
+
+
+def _counting_connects(pool: Pool) -> list[ServerConnection]:
+    opened: list[ServerConnection] = []
+
+    async def connect(baseline: tuple[tuple[str, str], ...] = ()) -> ServerConnection:
+        conn = _fresh(baseline)
+        opened.append(conn)
+        return conn
+
+    pool._connect = connect  # type: ignore[method-assign]
+    return opened
+
+
+def test_a_client_waits_for_the_reset_of_its_settings_connection_instead_of_opening_one() -> None:
+    async def run() -> None:
+        pool, conn, _ = _released()
+        opened = _counting_connects(pool)
+        acquiring = asyncio.ensure_future(pool.acquire())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not acquiring.done() and opened == []  # room for one more, yet it waits
+        conn.data_received(DISCARD_ALL_DONE)  # the reset ends
+        assert await acquiring is conn
+        assert opened == [] and pool.in_use_count == 1 and pool.size == 1
+
+    asyncio.run(run())
+
+
+def test_a_failed_reset_sends_its_waiters_to_a_new_connection() -> None:
+    async def run() -> None:
+        pool, conn, _ = _released()
+        opened = _counting_connects(pool)
+        acquiring = asyncio.ensure_future(pool.acquire())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        pool.expire_resets(time.monotonic() + RESET_TIMEOUT_S + 1)  # no answer: closed
+        got = await acquiring
+        assert conn.closed and opened == [got] and pool.size == 1
+
+    asyncio.run(run())
+
+
+def test_a_reset_that_outlasts_the_acquire_deadline_then_a_new_connection() -> None:
+    async def run() -> None:
+        pool, conn, _ = _released()
+        pool._cfg = PoolConfig(max_size=2, acquire_timeout_ms=50)
+        opened = _counting_connects(pool)
+        got = await pool.acquire()
+        assert opened == [got] and not conn.closed and pool.size == 2
+
+    asyncio.run(run())
+
+
+def test_a_client_with_other_settings_does_not_wait() -> None:
+    async def run() -> None:
+        pool, conn, _ = _released()
+        opened = _counting_connects(pool)
+        settings = (("application_name", "reports"),)
+        got = await pool.acquire(settings, known_good=True)
+        assert opened == [got] and got.baseline == settings and pool.size == 2
+        conn.data_received(DISCARD_ALL_DONE)
+        assert pool.idle_count == 1
+
+    asyncio.run(run())
