@@ -59,7 +59,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check rlsproxy tests bench setup.py
 	$(BIN)/mypy
 
-demo: $(STAMP)
+demo: $(STAMP) $(BIN)/psql
 	$(BIN)/python -m rlsproxy.demo
 
 bench: $(STAMP)
