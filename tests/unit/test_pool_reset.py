@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+
+import pytest
 
 from rlsproxy.config import PoolConfig, UpstreamConfig
+from rlsproxy.errors import UpstreamUnavailable
 from rlsproxy.pool import DISCARD_ALL, RESET_TIMEOUT_S, Pool, ServerConnection
 from rlsproxy.session.server import ServerState, UpstreamLogin
 from rlsproxy.wire import backend as be
@@ -31,9 +35,19 @@ class _Transport:
         self.closed = True
 
 
-def _released() -> tuple[Pool, ServerConnection, _Transport]:
-    """A pool with one logged-in connection, just released by its client."""
-    pool = Pool("users", UpstreamConfig(sslmode="disable"), PoolConfig(max_size=2), user="u", password=None)
+def _released(
+    config: PoolConfig | None = None, on_connect_error: Callable[[], None] | None = None
+) -> tuple[Pool, ServerConnection, _Transport]:
+    """A pool with one logged-in connection, just released by its client. Port 1: nothing listens,
+    so a connection the pool opens fails at once (and calls `on_connect_error`)."""
+    pool = Pool(
+        "users",
+        UpstreamConfig(host="127.0.0.1", port=1, sslmode="disable"),
+        config or PoolConfig(max_size=2),
+        user="u",
+        password=None,
+        on_connect_error=on_connect_error,
+    )
     conn = ServerConnection(UpstreamLogin("u", None, "db", {}))
     transport = _Transport()
     conn.transport = transport  # type: ignore[assignment]
@@ -72,76 +86,59 @@ def test_a_reset_without_an_answer_is_closed_at_its_deadline_not_before() -> Non
 
 
 # A client that arrives while a connection started with its settings is being reset waits for that
-# one, even with room in the pool: no new connection, whatever the timing (issue 17).
+# one, even with room in the pool: no new connection, whatever the timing (issue 17). The pool's
+# upstream refuses connections, so an attempt to open one shows as UpstreamUnavailable.
 
 
-def _fresh(baseline: tuple[tuple[str, str], ...] = ()) -> ServerConnection:
-    conn = ServerConnection(UpstreamLogin("u", None, "db", {}), baseline)
-    conn.transport = _Transport()  # type: ignore[assignment]
-    conn._login = None
-    conn.state = ServerState({}, 1, b"key")
-    return conn
-
-
-def _counting_connects(pool: Pool) -> list[ServerConnection]:
-    opened: list[ServerConnection] = []
-
-    async def connect(baseline: tuple[tuple[str, str], ...] = ()) -> ServerConnection:
-        conn = _fresh(baseline)
-        opened.append(conn)
-        return conn
-
-    pool._connect = connect  # type: ignore[method-assign]
-    return opened
+def _with_attempts(config: PoolConfig | None = None) -> tuple[Pool, ServerConnection, list[int]]:
+    attempts: list[int] = []
+    pool, conn, _ = _released(config, on_connect_error=lambda: attempts.append(1))
+    return pool, conn, attempts
 
 
 def test_a_client_waits_for_the_reset_of_its_settings_connection_instead_of_opening_one() -> None:
     async def run() -> None:
-        pool, conn, _ = _released()
-        opened = _counting_connects(pool)
+        pool, conn, attempts = _with_attempts()
         acquiring = asyncio.ensure_future(pool.acquire())
-        for _ in range(5):
-            await asyncio.sleep(0)
-        assert not acquiring.done() and opened == []  # room for one more, yet it waits
+        await asyncio.sleep(0.05)
+        assert not acquiring.done() and attempts == []  # room for one more, yet it waits
         conn.data_received(DISCARD_ALL_DONE)  # the reset ends
         assert await acquiring is conn
-        assert opened == [] and pool.in_use_count == 1 and pool.size == 1
+        assert attempts == [] and pool.in_use_count == 1 and pool.size == 1
 
     asyncio.run(run())
 
 
 def test_a_failed_reset_sends_its_waiters_to_a_new_connection() -> None:
     async def run() -> None:
-        pool, conn, _ = _released()
-        opened = _counting_connects(pool)
+        pool, conn, attempts = _with_attempts()
         acquiring = asyncio.ensure_future(pool.acquire())
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
         pool.expire_resets(time.monotonic() + RESET_TIMEOUT_S + 1)  # no answer: closed
-        got = await acquiring
-        assert conn.closed and opened == [got] and pool.size == 1
+        with pytest.raises(UpstreamUnavailable):
+            await acquiring
+        assert conn.closed and attempts == [1]
 
     asyncio.run(run())
 
 
 def test_a_reset_that_outlasts_the_acquire_deadline_then_a_new_connection() -> None:
     async def run() -> None:
-        pool, conn, _ = _released()
-        pool._cfg = PoolConfig(max_size=2, acquire_timeout_ms=50)
-        opened = _counting_connects(pool)
-        got = await pool.acquire()
-        assert opened == [got] and not conn.closed and pool.size == 2
+        pool, conn, attempts = _with_attempts(PoolConfig(max_size=2, acquire_timeout_ms=50))
+        start = time.monotonic()
+        with pytest.raises(UpstreamUnavailable):
+            await pool.acquire()
+        assert time.monotonic() - start >= 0.045 and attempts == [1] and not conn.closed
 
     asyncio.run(run())
 
 
 def test_a_client_with_other_settings_does_not_wait() -> None:
     async def run() -> None:
-        pool, conn, _ = _released()
-        opened = _counting_connects(pool)
-        settings = (("application_name", "reports"),)
-        got = await pool.acquire(settings, known_good=True)
-        assert opened == [got] and got.baseline == settings and pool.size == 2
+        pool, conn, attempts = _with_attempts()
+        with pytest.raises(UpstreamUnavailable):
+            await pool.acquire((("application_name", "reports"),), known_good=True)
+        assert attempts == [1]
         conn.data_received(DISCARD_ALL_DONE)
         assert pool.idle_count == 1
 
