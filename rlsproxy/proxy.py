@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import ssl
@@ -35,6 +36,7 @@ from rlsproxy.wire import sqlstate
 from rlsproxy.wire.startup import CancelRequest, build_cancel_request
 
 if TYPE_CHECKING:
+    from rlsproxy.doctor.base import Finding
     from rlsproxy.server import ClientConnection
 
 log = logging.getLogger("rlsproxy")
@@ -59,6 +61,57 @@ class Greeting:
 
 DRAIN_POLL_S = 0.05
 ADMIN_SHUTDOWN_MESSAGE = "terminating connection due to administrator command"
+
+
+def login_role_posture(config: Config) -> tuple[list[Finding], list[Finding]]:
+    """The doctor's login-role checks, run as upstream.user itself: (refusing, warnings).
+
+    Refusing: every login-role-privileged finding (SUPERUSER, BYPASSRLS, INHERIT, memberships
+    WITH INHERIT TRUE, tables it owns or holds privileges on) and, when upstream.service_user is set,
+    a BYPASSRLS service role the login can still switch to (service-login-shared). Without a service
+    login that membership is how service sessions bypass RLS, so it is only a warning. The catalog
+    reads need no privilege. Raises psycopg.Error (or OSError) when the login fails.
+    """
+    import psycopg
+
+    from rlsproxy.doctor.base import Context, end_user_roles
+    from rlsproxy.doctor.checks_roles import login_role_privileged, service_login_shared
+
+    up = config.upstream
+    params: dict[str, Any] = {
+        "host": up.host,
+        "port": up.port,
+        "dbname": up.database,
+        "user": up.user,
+        "sslmode": up.sslmode,
+        "connect_timeout": max(2, math.ceil(up.connect_timeout_s)),  # libpq: whole seconds, >= 2
+        "application_name": "rlsproxy login role check",
+        "options": "-c search_path=pg_catalog",
+    }
+    if up.password is not None:
+        params["password"] = up.password
+    if up.sslrootcert is not None:
+        params["sslrootcert"] = up.sslrootcert
+    elif up.sslmode in ("verify-ca", "verify-full"):
+        params["sslrootcert"] = "system"  # as the pool does: the system's trust store
+    with psycopg.connect(autocommit=True, **params) as conn:
+        ctx = Context(
+            conn=conn,
+            config=config,
+            schemas=(),
+            server_version=conn.info.server_version,
+            end_user_roles=end_user_roles(config),
+        )
+        refusing = login_role_privileged(ctx)
+        shared = service_login_shared(ctx)
+    if up.service_user is not None:
+        return refusing + shared, []
+    return refusing, shared
+
+
+def _finding_line(finding: Finding) -> str:
+    fix = "; ".join(line for line in finding.fix.splitlines() if line.strip())
+    return f"{finding.check}: {finding.message} Fix: {fix}"
 
 
 def build_authenticator(
@@ -158,8 +211,12 @@ class Proxy:
 
     # lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Check the login role's posture (ConfigError if unsafe and not accepted), then listen."""
         from rlsproxy.server import ClientConnection
 
+        problems = await self.login_role_problems(self.config)
+        if problems:
+            raise ConfigError(problems)
         try:
             self.audit.open()
         except AuditUnavailable as exc:
@@ -255,6 +312,36 @@ class Proxy:
             self.jwks.close()
         self.audit.close()
 
+    async def login_role_problems(self, config: Config) -> list[str]:
+        """Why upstream.user is unsafe (a heading, then one line per finding), or [] when it is
+        not, when upstream.accept_unsafe_login_role accepts it (logged as warnings), or when the
+        check cannot log in (the upstream is down: logged; clients cannot be served either)."""
+        up = config.upstream
+        try:
+            refusing, warnings = await asyncio.to_thread(login_role_posture, config)
+        except Exception as exc:  # psycopg.Error, OSError: the login itself failed
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            log.warning("could not check the posture of login role %s (upstream.user): %s", up.user, reason)
+            return []
+        for finding in warnings:
+            log.warning("login role %s: %s", up.user, _finding_line(finding))
+        if not refusing:
+            return []
+        lines = [_finding_line(f) for f in refusing]
+        if up.accept_unsafe_login_role:
+            for line in lines:
+                log.warning(
+                    "UNSAFE login role %s accepted (upstream.accept_unsafe_login_role: true): %s",
+                    up.user,
+                    line,
+                )
+            return []
+        return [
+            f"upstream.user: the login role {up.user} is not safe to serve with (as `rlsproxy doctor` "
+            "reports); fix it, or set upstream.accept_unsafe_login_role: true to accept the risk",
+            *lines,
+        ]
+
     # health and reload ---------------------------------------------------------------------------
     async def ready(self) -> tuple[bool, str]:
         """Ready when the config is loaded and Postgres accepts the proxy's login within a second."""
@@ -295,6 +382,11 @@ class Proxy:
         if kept:
             log.warning("reload: changes to %s need a restart and were not applied", ", ".join(kept))
             config = replace(config, **{name: getattr(self.config, name) for name in kept})
+        posture = await self.login_role_problems(config)
+        if posture:
+            log.error("reload rejected, the running configuration stays in force: %s", "; ".join(posture))
+            self.metrics.config_reloaded(False)
+            return False, f"reload rejected: {posture[0]}"
         if config.audit != self.config.audit:
             audit = AuditLog(config.audit, on_failure=self.metrics.audit_write_failed)
             try:

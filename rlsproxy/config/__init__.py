@@ -163,7 +163,8 @@ def describe(config: Config) -> str:
     lines = [
         f"listen:    {_hostport(lc.host, lc.port)}, {tls}; token as password without TLS: {cleartext}",
         f"upstream:  {u.user}@{_hostport(u.host, u.port)}/{u.database} (password {_is_set(u.password)})"
-        f"{service_login}; connect timeout {_num(u.connect_timeout_s)}s; sslmode {u.sslmode}",
+        f"{service_login}; connect timeout {_num(u.connect_timeout_s)}s; sslmode {u.sslmode}"
+        + ("; UNSAFE login role accepted" if u.accept_unsafe_login_role else ""),
         f"pool:      {p.mode} mode, max {p.max_size} connections, acquire timeout {p.acquire_timeout_ms}ms, "
         f"idle timeout {_num(p.idle_timeout_s)}s"
         + (f"; service pool max {p.service_max_size or p.max_size}" if u.service_user else ""),

@@ -105,6 +105,7 @@ def _upstream(r: _Reader, s: _Section | None) -> UpstreamConfig:
         connect_timeout_s=s.get("connect_timeout_s", _POSITIVE, d.connect_timeout_s),
         sslmode=cast(SslMode, s.get("sslmode", _choice(SSL_MODES, _REFUSED_SSLMODES), str(d.sslmode))),
         sslrootcert=s.get("sslrootcert", _optional(r.file), d.sslrootcert),
+        accept_unsafe_login_role=s.get("accept_unsafe_login_role", _boolean, d.accept_unsafe_login_role),
     )
     if c.sslrootcert is not None and c.sslmode == "disable" and r.ok(s.key("sslmode")):
         r.problem(s.key("sslrootcert"), 'has no effect with upstream.sslmode "disable"')

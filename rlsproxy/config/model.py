@@ -42,6 +42,9 @@ class UpstreamConfig:
     connect_timeout_s: float = 5.0
     sslmode: SslMode = "prefer"  # libpq's meanings
     sslrootcert: str | None = None  # CA bundle for verify-ca/verify-full (None: the system store)
+    # serve refuses to start (and a reload is rejected) when upstream.user fails the doctor's
+    # login-role checks, unless this accepts the risk (logged as a warning at each check).
+    accept_unsafe_login_role: bool = False
 
 
 @dataclass(frozen=True)
