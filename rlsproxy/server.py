@@ -156,8 +156,15 @@ class ClientConnection(asyncio.Protocol):
         to_server: Chunks = []
         try:
             relay.feed_server(data, to_client, to_server)
-        except (ProxyError, FramingError) as exc:
+        except ProxyError as exc:
+            # The server reported a state the proxy cannot vouch for (session/server.check_reported).
+            log.error("closing the session: %s", exc.message)
+            self._drop_server()
+            self.abort(exc.sqlstate, exc.message, hint=exc.hint)
+            return
+        except FramingError as exc:
             log.error("upstream protocol error: %s", exc)
+            self._drop_server()
             self.abort(sqlstate.CONNECTION_FAILURE, "rlsproxy: lost sync with the upstream server")
             return
         if to_client:
@@ -196,6 +203,11 @@ class ClientConnection(asyncio.Protocol):
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             self.bytes_out += len(data)
             self.transport.write(data)  # one buffer, one send
+
+    def _drop_server(self) -> None:
+        """Close the server connection for good: its state is not what the proxy believes."""
+        if self.server is not None:
+            self.server.close()
 
     def abort(self, code: str, message: str, *, hint: str | None = None) -> None:
         """Send a FATAL ErrorResponse and close."""

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rlsproxy.errors import ProxyError
-from rlsproxy.wire import sqlstate
+from rlsproxy.wire import pinned, sqlstate
 
 JWT_PARAM = "rlsproxy.jwt"
 LABEL_PARAM = "rlsproxy.label"
@@ -199,6 +199,9 @@ def read_startup(params: Mapping[str, str]) -> ClientStartup:
         elif name == LABEL_PARAM:
             label = value or None
         elif name in ALLOWED_SETTINGS:
+            why = pinned.refusal(name, value)
+            if why is not None:  # see wire/pinned.py: the guard must read texts as Postgres will
+                raise _fatal(why, sqlstate.FEATURE_NOT_SUPPORTED, hint=pinned.HINT)
             # Re-inserting moves the name to its last position: a later one wins, in place.
             settings.pop(name, None)
             settings[name] = value

@@ -26,7 +26,7 @@ from rlsproxy.session.guard_fast import plainly_allowed
 from rlsproxy.session.guard_plpgsql import DynamicExecute, Unanalysable, embedded_sql
 from rlsproxy.session.guard_support import needs_no_transaction, parse
 from rlsproxy.session.in_band import InBand, recognise
-from rlsproxy.wire import sqlstate
+from rlsproxy.wire import pinned, sqlstate
 
 __all__ = ["ALLOW", "RESERVED_NAME_PREFIX", "Guard", "Verdict", "classify", "is_reserved_statement_name"]
 
@@ -292,6 +292,8 @@ def _walk(root: Any) -> Iterator[Any]:
 
 def _variable_set(node: ast.VariableSetStmt, scope: _Scope) -> Verdict | None:
     name = node.name
+    if name is not None and name.strip().lower() in pinned.PINNED:
+        return _pinned_change(name, _set_value(node))
     if name is None or not _is_protected(name):
         return None  # RESET ALL, SET search_path, SET TRANSACTION ...
     key = name.strip().lower()
@@ -324,6 +326,17 @@ def _function_call(node: ast.FuncCall, scope: _Scope) -> Verdict | None:
                 "set_config() with a computed setting name is not allowed: rlsproxy cannot check it",
                 "pass the setting name as a string literal",
             )
+        if setting.strip().lower() in pinned.PINNED:
+            value = _string_constant(_argument(node, 1, "new_value"))
+            if value is None:
+                return _refuse(
+                    "pinned_setting",
+                    f"set_config() of {setting.strip().lower()} with a computed value is not allowed: "
+                    "rlsproxy must know how PostgreSQL will read the next query texts",
+                    pinned.HINT,
+                    code=sqlstate.FEATURE_NOT_SUPPORTED,
+                )
+            return _pinned_change(setting, value)
         if _is_protected(setting):
             return _refuse(
                 "protected_set_config",
@@ -342,6 +355,54 @@ def _function_call(node: ast.FuncCall, scope: _Scope) -> Verdict | None:
             "pass the query as a string literal",
         )
     return _inspect_text(query, scope.depth + 1, f"the query passed to {name}()")
+
+
+def _pinned_change(name: str, value: str | None) -> Verdict | None:
+    """A change of a setting that decides how Postgres reads a text (see wire/pinned.py)."""
+    why: str | None
+    if value == _UNREADABLE:
+        why = f"{name.strip().lower()[:64]} can only be set to one plain value through rlsproxy"
+    else:
+        why = pinned.refusal(name, value)
+    if why is None:
+        return None
+    return _refuse("pinned_setting", why, pinned.HINT, code=sqlstate.FEATURE_NOT_SUPPORTED)
+
+
+_UNREADABLE: Final = "\0"  # a value the proxy cannot read as one text: refused (see _pinned_change)
+
+
+def _set_value(node: ast.VariableSetStmt) -> str | None:
+    """The value a SET gives, as text; None for RESET, DEFAULT and FROM CURRENT (the session's own)."""
+    if node.kind != enums.VariableSetKind.VAR_SET_VALUE:
+        return None
+    args = node.args or ()
+    if len(args) != 1 or not isinstance(args[0], ast.A_Const):
+        return _UNREADABLE
+    value = args[0].val
+    if isinstance(value, ast.String):
+        return value.sval or ""
+    if isinstance(value, ast.Integer):
+        return str(value.ival)
+    if isinstance(value, ast.Float):
+        return value.fval or ""
+    if isinstance(value, ast.Boolean):
+        return "true" if value.boolval else "false"
+    return _UNREADABLE
+
+
+def _settings_view_write(
+    node: ast.UpdateStmt | ast.InsertStmt | ast.DeleteStmt | ast.MergeStmt, _: _Scope
+) -> Verdict | None:
+    """pg_settings is writable by everyone: its rule turns an UPDATE into set_config(name, value)."""
+    relation = node.relation
+    if relation is None or (relation.relname or "").lower() != "pg_settings":
+        return None
+    return _refuse(
+        "pg_settings_write",
+        "writing to pg_settings is not allowed: it changes settings as set_config() does",
+        "use SET for the settings a client may change",
+    )
 
 
 def _body(node: ast.DoStmt | ast.CreateFunctionStmt, scope: _Scope) -> Verdict | None:
@@ -428,6 +489,10 @@ _HANDLERS: Final[dict[type, Callable[[Any, _Scope], Verdict | None]]] = {
     ast.DeallocateStmt: _statement_name,
     ast.DefElem: _function_reference,
     ast.ObjectWithArgs: _function_reference,
+    ast.UpdateStmt: _settings_view_write,
+    ast.InsertStmt: _settings_view_write,
+    ast.DeleteStmt: _settings_view_write,
+    ast.MergeStmt: _settings_view_write,
 }
 
 

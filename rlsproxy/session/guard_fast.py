@@ -53,6 +53,7 @@ _WATCHED: Final = frozenset(
         "query_to_xml_and_xmlschema",
         "ts_stat",
         "ts_rewrite",
+        "pg_settings",  # not a function: a view whose UPDATE rule calls set_config
     }
 )
 _SEMICOLON: Final = "ASCII_59"

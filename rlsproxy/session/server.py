@@ -25,7 +25,7 @@ from rlsproxy.session.expected import (
     Pending,
 )
 from rlsproxy.wire import backend as be
-from rlsproxy.wire import codes, sqlstate
+from rlsproxy.wire import codes, pinned, sqlstate
 from rlsproxy.wire import frontend as fe
 from rlsproxy.wire.framing import STREAM_AT, Carry, FramingError
 from rlsproxy.wire.startup import build_startup_message
@@ -35,7 +35,10 @@ Chunks = list[Slice]
 _HEADER: Final = struct.Struct("!BI")  # message type, length (which counts itself, not the type byte)
 _MARKER: Final = context.REFUSAL_MARKER.encode()
 # Replies to the extended messages that stand in for a simple Query; a simple Query never gets them.
-_TRANSLATION_ONLY: Final = frozenset((codes.PARSE_COMPLETE, codes.BIND_COMPLETE, codes.NO_DATA))
+# (CloseComplete: the in-band switch closes the proxy's statement before preparing it again.)
+_TRANSLATION_ONLY: Final = frozenset(
+    (codes.PARSE_COMPLETE, codes.BIND_COMPLETE, codes.NO_DATA, codes.CLOSE_COMPLETE)
+)
 _PARSED_AND_BOUND: Final = be.message(codes.PARSE_COMPLETE, b"") + be.message(codes.BIND_COMPLETE, b"")
 _PARSED_AND_BOUND_LEN: Final = len(_PARSED_AND_BOUND)
 # Replies that may arrive at any time and always belong to the client.
@@ -107,6 +110,8 @@ class ServerState:
                     if head is not None:
                         pending.popleft()
                         head = pending[0] if pending else None
+                elif t == codes.PARAMETER_STATUS:  # forwarded, and noted (pinned settings: raises)
+                    self._note_parameter(data[pos + 5 : end])
                 elif head is not None and (head.translated or head.replacement is not None):
                     if head.translated and t in _TRANSLATION_ONLY:
                         if fwd < pos:
@@ -128,8 +133,6 @@ class ServerState:
                                 to_client.append(view[fwd:pos])
                             to_client.append(head.tag)
                             fwd = end
-                elif t == codes.PARAMETER_STATUS:
-                    self._note_parameter(data[pos + 5 : end])
                 pos = end
                 continue
             # The head is the proxy's own exchange.
@@ -221,6 +224,8 @@ class ServerState:
     def _note_parameter(self, body: bytes) -> None:
         name, value = be.parse_parameter_status(body)
         self.params[name] = value
+        if name in _WATCHED_PARAMETERS:
+            check_reported(name, value)
 
     def context_messages(self, prefix: context.Prefix, *, keeping: bool) -> bytes:
         """The prefix for one transaction, preparing its context statement when needed.
@@ -248,6 +253,23 @@ class ServerState:
         entry.on_done = on_done
         self.pending.append(entry)
         return messages
+
+
+# Reported by Postgres whenever they change (GUC_REPORT). The guard cannot stop every way they may
+# change (a role's or database's default, a function's SET clause run by someone else's code).
+_WATCHED_PARAMETERS: Final = frozenset((*pinned.PINNED, "is_superuser"))
+
+
+def check_reported(name: str, value: str) -> None:
+    """Fail closed when the server reports a setting under which the proxy cannot vouch for the
+    session: a pinned setting the guard would read texts differently under, or a superuser."""
+    why = pinned.refusal(name, value)
+    if why is None and name == "is_superuser" and value == "on":
+        why = "the session became a superuser, which no client identity may be"
+    if why is not None:
+        raise ProxyError(
+            f"rlsproxy: {why}; the session is closed", code=sqlstate.FEATURE_NOT_SUPPORTED, fatal=True
+        )
 
 
 class UpstreamLogin:
@@ -286,6 +308,8 @@ class UpstreamLogin:
             elif t == codes.PARAMETER_STATUS:
                 name, value = be.parse_parameter_status(body)
                 self.params[name] = value
+                if name in _WATCHED_PARAMETERS:
+                    check_reported(name, value)
             elif t == codes.BACKEND_KEY_DATA:
                 self.pid = int.from_bytes(body[:4], "big")
                 self.secret = bytes(body[4:])
