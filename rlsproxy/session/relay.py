@@ -156,6 +156,30 @@ IN_BAND_NO_PARAMETER: Final = be.error_response(
 # raises ProxyError (28000 bad token, 42501 not allowed in-band). Supplied by the edge.
 InBandCheck = Callable[[str], tuple[str, str]]
 
+# The proxy's in-band statements (see Relay._in_band_statements): reserved names.
+_IN_BAND_NAME: Final = RESERVED_NAME_PREFIX.encode() + b"ib_"
+_QUERY_SWITCH: Final = RESERVED_NAME_PREFIX + "ib_query"  # the simple protocol's switch statement
+
+
+def _close_statement(name: bytes) -> bytes:
+    return be.message(codes.CLOSE, b"S" + name + b"\0")
+
+
+# Closed first: it may exist from an earlier switch (closing a missing statement is no error).
+_QUERY_SWITCH_HEAD: Final = _close_statement(_QUERY_SWITCH.encode())
+
+
+def _parse_query_switch(sql: str) -> bytes:
+    return fe.parse(_QUERY_SWITCH, sql)
+
+
+def _already_exists(name: bytes) -> bytes:
+    shown = name[:64].decode(errors="replace")
+    return be.error_response(
+        sqlstate.DUPLICATE_PREPARED_STATEMENT, f'prepared statement "{shown}" already exists'
+    )
+
+
 RESERVED_NAME_REFUSED: Final = be.error_response(
     sqlstate.INSUFFICIENT_PRIVILEGE,
     'rlsproxy: prepared statement names starting with "rlsproxy_" are reserved for the proxy',
@@ -194,9 +218,16 @@ class Relay:
         self._restore = restore
         self._restore_after_sync = False
         self._in_band = in_band
-        # Prepared statements (by name) that are in-band switches, rewritten at Parse; their Binds
-        # carry the token and are rewritten too.
-        self._in_band_statements: dict[bytes, InBand] = {}
+        # The client's in-band statements: its name -> (the switch, the proxy's statement that does
+        # it). The proxy's statement sets role and claims from its parameter, so it exists only under
+        # a reserved name (rlsproxy_ib_N) that no client message or SQL can name; the client's name
+        # never exists on the server with it. Binds carry the token and are rewritten to bind the
+        # proxy's statement with the verified payload; Describe and Close are pointed at it.
+        self._in_band_statements: dict[bytes, tuple[InBand, bytes]] = {}
+        self._in_band_count = 0
+        # The proxy's in-band statements no client name maps to any more (an unnamed one replaced):
+        # closed with the next prefix, whose replies are dropped anyway.
+        self._retired: list[bytes] = []
         self._switched = False  # an in-band switch was sent: later prefixes may need to keep one
         self._carry: Carry | None = None  # what the last read left: see wire.framing.Carry
         self._open: Pending | None = None  # the client batch not yet ended by Sync/Query
@@ -344,6 +375,9 @@ class Relay:
         """
         prefixed = context and self._may_be_idle(server)
         if prefixed:
+            if self._retired:
+                to_server.append(b"".join(_close_statement(name) for name in self._retired))
+                self._retired.clear()
             # Behind unanswered messages, after this session switched in-band, the transaction
             # may hold a switch: use the context statement that keeps it.
             keeping = self._switched and bool(server.pending)
@@ -392,7 +426,7 @@ class Relay:
                 to_server.append(fe.SYNC)
             self._end_batch(server)
         if action in ("discard_all", "deallocate_all"):
-            server.forget_context()
+            self._forget_statements(server)
         if self._restore and action in ("discard_all", "reset_all"):
             to_server.append(server.internal(self._restore))
 
@@ -447,10 +481,12 @@ class Relay:
             self._refuse_query(server, "in_band_token", error, to_server)
             return
         value = (payload(role, claims, token),)
+        # Under a reserved name, never the unnamed statement, which a client's Bind could reach.
         if switch.form == "set_config":
-            messages = fe.parse("", SET_CONFIG_SQL) + fe.bind("", value) + DESCRIBE_UNNAMED_PORTAL
+            messages = _QUERY_SWITCH_HEAD + _parse_query_switch(SET_CONFIG_SQL)
+            messages += fe.bind(_QUERY_SWITCH, value) + DESCRIBE_UNNAMED_PORTAL
         else:
-            messages = fe.parse("", SET_SQL) + fe.bind("", value)
+            messages = _QUERY_SWITCH_HEAD + _parse_query_switch(SET_SQL) + fe.bind(_QUERY_SWITCH, value)
         self._open_batch(server, to_server, context=False)
         entry = self._open
         assert entry is not None
@@ -470,14 +506,34 @@ class Relay:
         if switch.form != "set_config":
             self._refuse_extended(server, "in_band_unsupported", IN_BAND_EXTENDED_SET, to_server)
             return
+        if name and name in self._in_band_statements:
+            self._refuse_extended(server, "statement_exists", _already_exists(name), to_server)
+            return
+        self._retire(name)  # the unnamed statement is replaced, as Postgres replaces it
         if self._open is None:
             self._open_batch(server, to_server, context=True)
         # Same parameter type as the client declared for its $1 (a literal token has none).
         types = fe.parse_param_types(body)[:1] if switch.param is not None else ()
-        self._in_band_statements[name] = switch
-        to_server.append(fe.parse(name.decode(errors="surrogateescape"), SET_CONFIG_SQL, types))
+        self._in_band_count += 1
+        server_name = b"%s%d" % (_IN_BAND_NAME, self._in_band_count)
+        self._in_band_statements[name] = (switch, server_name)
+        to_server.append(fe.parse(server_name.decode(), SET_CONFIG_SQL, types))
 
-    def _in_band_bind(self, server: ServerState, switch: InBand, body: bytes, to_server: Chunks) -> None:
+    def _retire(self, name: bytes) -> None:
+        """The client's name no longer means its in-band statement: the proxy's goes at the next prefix."""
+        found = self._in_band_statements.pop(name, None)
+        if found is not None:
+            self._retired.append(found[1])
+
+    def _forget_statements(self, server: ServerState) -> None:
+        """DISCARD ALL or DEALLOCATE ALL: every prepared statement is gone, the proxy's too."""
+        server.forget_context()
+        self._in_band_statements.clear()
+        self._retired.clear()
+
+    def _in_band_bind(
+        self, server: ServerState, switch: InBand, server_name: bytes, body: bytes, to_server: Chunks
+    ) -> None:
         parts = fe.bind_parts(body)
         if switch.param is not None:
             raw = parts.params[0] if parts.params else None
@@ -493,7 +549,8 @@ class Relay:
             self._refuse_extended(server, "in_band_token", error, to_server)
             return
         value = payload(role, claims, token).encode()
-        to_server.append(fe.build_bind(parts._replace(param_formats=(), params=(value,))))
+        bind = parts._replace(statement=server_name, param_formats=(), params=(value,))
+        to_server.append(fe.build_bind(bind))
 
     def _forwards_unchanged(self, t: int, data: bytes, pos: int, end: int) -> bool:
         """The common case, decided on the raw bytes: this message goes upstream exactly as it came.
@@ -544,12 +601,15 @@ class Relay:
                 assert verdict.in_band is not None
                 self._in_band_parse(server, name, verdict.in_band, body, to_server)
                 return
-            if self._in_band_statements:
-                self._in_band_statements.pop(name, None)
+            if self._in_band_statements and name in self._in_band_statements:
+                if name:  # Postgres refuses a second statement under a name in use
+                    self._refuse_extended(server, "statement_exists", _already_exists(name), to_server)
+                    return
+                self._retire(name)
             if self._open is None:
                 self._open_batch(server, to_server, context=verdict.action != "discard_all")
             if verdict.action in ("discard_all", "deallocate_all"):
-                server.forget_context()
+                self._forget_statements(server)
             if self._restore and verdict.action in ("discard_all", "reset_all"):
                 self._restore_after_sync = True
             if self._on_statement is not None:
@@ -557,14 +617,20 @@ class Relay:
         else:
             if t == codes.BIND:
                 name = fe.bind_statement(body)
-                if self._in_band_statements and (switch := self._in_band_statements.get(name)) is not None:
-                    self._in_band_bind(server, switch, body, to_server)
+                if self._in_band_statements and (found := self._in_band_statements.get(name)) is not None:
+                    self._in_band_bind(server, found[0], found[1], body, to_server)
                     return
                 if self._on_statement is not None:
                     self._portal_sql[body[: max(body.find(0), 0)]] = self._statement_sql.get(name, b"")
             else:
                 kind, name = fe.target(body)
                 if kind != ord("S"):
+                    name = b""
+                elif self._in_band_statements and (found := self._in_band_statements.get(name)) is not None:
+                    # Describe or Close of the client's in-band statement: the proxy's stands in.
+                    if t == codes.CLOSE:
+                        del self._in_band_statements[name]
+                    raw = be.message(t, b"S" + found[1] + b"\0")
                     name = b""
             if name and _reserved(name):
                 self._refuse_extended(server, "reserved_name", RESERVED_NAME_REFUSED, to_server)

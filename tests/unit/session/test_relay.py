@@ -254,14 +254,72 @@ def test_in_band_parse_and_bind_are_rewritten_with_the_verified_payload() -> Non
     upstream, _ = from_client(relay, extended("select set_config('rlsproxy.jwt', $1, true)", "the-token"))
     expected = (
         PREFIX.plain
-        + fe.parse("", SET_CONFIG_SQL)  # no type declared by the client: none declared for it
-        + fe.bind("", (payload("authenticated", '{"sub":"b"}', "the-token"),))
+        + fe.parse("rlsproxy_ib_1", SET_CONFIG_SQL)  # no type declared by the client: none declared for it
+        + fe.bind("rlsproxy_ib_1", (payload("authenticated", '{"sub":"b"}', "the-token"),))
         + DESCRIBE_PORTAL
         + fe.execute()
         + fe.SYNC
     )
     assert upstream == expected
     assert b"set_config('rlsproxy.jwt'" not in upstream  # the client's statement never runs
+
+
+def test_the_proxys_switch_statement_never_exists_under_a_name_the_client_can_bind() -> None:
+    """The client names its in-band statement s1 (or leaves it unnamed): Postgres only ever gets the
+    proxy's statement under a reserved name, so a later Bind of s1 or of the unnamed statement with
+    the client's own payload cannot reach it."""
+    relay, state = make_relay(in_band=True)
+    switch = "select set_config('rlsproxy.jwt', $1, true)"
+    for name in ("s1", ""):
+        upstream, _ = from_client(
+            relay,
+            fe.parse(name, switch) + fe.bind(name, ("tok",)) + fe.execute() + fe.SYNC + fe.query("select 1"),
+        )
+        parses = [body for t, body in _messages(upstream) if t == codes.PARSE]
+        for body in parses:
+            stmt, sql = fe.parse_fields(body)
+            if SET_CONFIG_SQL.encode() == sql:
+                assert stmt.startswith(b"rlsproxy_ib_"), stmt
+        assert not any(fe.parse_fields(b)[0] == b"s1" for b in parses)
+        state.pending.clear()
+
+
+def _messages(data: bytes) -> list[tuple[int, bytes]]:
+    out, pos = [], 0
+    while pos < len(data):
+        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        out.append((data[pos], data[pos + 5 : pos + 1 + length]))
+        pos += 1 + length
+    return out
+
+
+def test_in_band_statement_describe_and_close_point_at_the_proxys_statement() -> None:
+    relay, _ = make_relay(in_band=True)
+    from_client(relay, fe.parse("s1", "select set_config('rlsproxy.jwt', $1, true)") + fe.SYNC)
+    upstream, _ = from_client(relay, be.message(codes.DESCRIBE, b"Ss1\0") + fe.SYNC)
+    assert be.message(codes.DESCRIBE, b"Srlsproxy_ib_1\0") in upstream
+    upstream, _ = from_client(relay, be.message(codes.CLOSE, b"Ss1\0") + fe.SYNC)
+    assert be.message(codes.CLOSE, b"Srlsproxy_ib_1\0") in upstream
+    upstream, _ = from_client(relay, fe.bind("s1", ("x",)) + fe.SYNC)  # closed: an ordinary name again
+    assert fe.bind("s1", ("x",)) in upstream
+
+
+def test_a_name_in_use_by_an_in_band_statement_is_refused_as_postgres_would() -> None:
+    relay, _ = make_relay(in_band=True)
+    from_client(relay, fe.parse("s1", "select set_config('rlsproxy.jwt', $1, true)") + fe.SYNC)
+    upstream, _ = from_client(relay, fe.parse("s1", "select 1") + fe.SYNC)
+    assert context.REFUSAL_PARSE in upstream and b"select 1" not in upstream
+
+
+def test_a_replaced_unnamed_switch_statement_is_closed_with_the_next_prefix() -> None:
+    relay, state = make_relay(in_band=True)
+    state.ctx = CTX_PREPARED
+    switch = "select set_config('rlsproxy.jwt', $1, true)"
+    from_client(relay, extended(switch, "tok"))
+    state.pending.clear()  # (replies not played here: the batch is simply over)
+    upstream, _ = from_client(relay, extended(switch, "tok"))  # the unnamed statement again
+    assert upstream.startswith(be.message(codes.CLOSE, b"Srlsproxy_ib_1\0") + PREFIX.plain)
+    assert fe.parse("rlsproxy_ib_2", SET_CONFIG_SQL) in upstream
 
 
 @pytest.mark.parametrize(
