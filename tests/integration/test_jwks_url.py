@@ -20,8 +20,8 @@ from jwt.algorithms import ECAlgorithm
 
 from rlsproxy.config import JwtConfig, load_config
 from rlsproxy.devcluster import ALICE, AUTHENTICATOR_PASSWORD
-from tests.integration.test_reload import free_port
 from tests.support.certs import Authority, make_ca
+from tests.support.ports import free_port
 from tests.support.proxy import RunningProxy, base_config
 
 

@@ -21,7 +21,7 @@ import pytest
 from rlsproxy.config import load_config
 from rlsproxy.devcluster import ALICE
 from tests.integration.conftest import token_for
-from tests.integration.test_shutdown import free_port
+from tests.support.ports import free_ports
 from tests.support.proxy import JWT_SECRET, RunningProxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def login(pg: Any) -> Iterator[str]:
 
 
 def write_config(path: Path, pg: Any, extra: str = "") -> tuple[int, int]:
-    port, http_port = free_port(), free_port()
+    port, http_port = free_ports(2)
     path.write_text(
         f"""
 listen: {{host: 127.0.0.1, port: {port}}}

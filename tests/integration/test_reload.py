@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +16,7 @@ from rlsproxy.config import load_config
 from rlsproxy.devcluster import ALICE, AUTHENTICATOR_PASSWORD, SERVICE_LOGIN_PASSWORD
 from tests.integration.conftest import token_for
 from tests.integration.test_bypass_audit import connect, service_token
+from tests.support.ports import free_ports
 from tests.support.proxy import JWT_SECRET, RunningProxy
 
 SERVICES = """
@@ -28,17 +28,11 @@ services:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 PORTS: dict[Path, tuple[int, int]] = {}
 
 
 def write_config(path: Path, pg: Any, *, services: bool, extra: str = "") -> None:
-    listen, http = PORTS.setdefault(path, (free_port(), free_port()))
+    listen, http = PORTS.setdefault(path, free_ports(2))
     path.write_text(
         f"""
 listen: {{host: 127.0.0.1, port: {listen}}}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,23 +22,18 @@ import pytest
 from rlsproxy.devcluster import ALICE, AUTHENTICATOR_PASSWORD
 from rlsproxy.wire import backend as be
 from tests.integration.conftest import token_for
+from tests.support.ports import free_ports
 from tests.support.proxy import JWT_SECRET, RunningProxy
 from tests.support.rawpg import RawConnection
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Served:
     """`python -m rlsproxy serve` in a subprocess, with its own config file."""
 
     def __init__(self, pg: Any, directory: Path, shutdown_timeout_s: float) -> None:
-        self.port, self.http_port = free_port(), free_port()
+        self.port, self.http_port = free_ports(2)
         config = directory / "rlsproxy.yaml"
         config.write_text(
             f"""

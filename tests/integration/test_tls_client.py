@@ -21,8 +21,8 @@ from rlsproxy.wire import backend as be
 from rlsproxy.wire import codes
 from rlsproxy.wire.startup import build_startup_message
 from tests.integration.conftest import token_for
-from tests.integration.test_reload import free_port
 from tests.support.certs import Authority, Issued, make_ca, non_loopback_ipv4
+from tests.support.ports import free_port
 from tests.support.proxy import JWT_SECRET, RunningProxy
 from tests.support.rawpg import RawConnection
 

@@ -30,6 +30,7 @@ import yaml
 
 import rlsproxy
 from tests.support.compiled import compiled_paths, module_name
+from tests.support.ports import free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -244,19 +245,13 @@ def test_installed_check_config_names_a_missing_secret(installed: Installed) -> 
     assert "RLSPROXY_JWT_SECRET" in done.stderr and "jwt.secret" in done.stderr, done.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def serve_config(directory: Path) -> tuple[Path, int, int]:
     """The compose config on free loopback ports, upstream on a port nothing listens on."""
     data = yaml.safe_load(COMPOSE_CONFIG.read_text(encoding="utf-8"))
-    client, http = free_port(), free_port()
+    client, http, upstream = free_ports(3)
     data["listen"] = {"host": "127.0.0.1", "port": client}
     data["http"] = {"enabled": True, "host": "127.0.0.1", "port": http}
-    data["upstream"].update(host="127.0.0.1", port=free_port())
+    data["upstream"].update(host="127.0.0.1", port=upstream)
     path = directory / f"serve-{client}.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path, client, http

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rlsproxy.app import listen_error
+from tests.support.ports import free_port
 
 SECRET = "s" * 32
 
@@ -24,12 +25,6 @@ def held() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield int(sock.getsockname()[1])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve(tmp_path: Path, listen_port: int, http: str) -> subprocess.CompletedProcess[str]:
