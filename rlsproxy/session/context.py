@@ -50,13 +50,25 @@ def _statement(name: str, sql: str) -> Statement:
 PLAIN: Final = _statement(CONTEXT_STATEMENT, CONTEXT_SQL)
 KEEPING: Final = _statement(KEEPING_STATEMENT, KEEPING_SQL)
 EXECUTE_UNNAMED: Final = fe.execute()
+CONTEXT_PORTAL: Final = CONTEXT_STATEMENT
+_INSIDE_HEAD: Final = message(codes.CLOSE, b"P" + CONTEXT_PORTAL.encode() + b"\0")
+_EXECUTE_INSIDE: Final = fe.execute(CONTEXT_PORTAL)
 
 
 class Prefix(NamedTuple):
-    """Bind + Execute of each context statement for one identity: built once per identity."""
+    """Bind + Execute of each context statement for one identity: built once per identity.
+
+    `plain`/`keeping` use the unnamed portal and go first in a batch, before the client's own Bind.
+    The `_inside` forms go inside a client's batch, after a statement that needs no context or
+    that ended it (guard_fast.NO_CONTEXT, ENDS), where the unnamed portal may hold the client's:
+    they use the reserved portal rlsproxy_ctx, closed first (it may remain from an earlier one in
+    the same transaction; closing a missing portal is no error).
+    """
 
     plain: bytes
     keeping: bytes
+    plain_inside: bytes
+    keeping_inside: bytes
 
 
 # Placeholder statement sent in place of a refused client message. Postgres fails it at parse
@@ -73,4 +85,6 @@ def context_prefix(role: str, claims_json: str) -> Prefix:
     return Prefix(
         fe.bind(CONTEXT_STATEMENT, params) + EXECUTE_UNNAMED,
         fe.bind(KEEPING_STATEMENT, params) + EXECUTE_UNNAMED,
+        _INSIDE_HEAD + fe.bind(CONTEXT_STATEMENT, params, CONTEXT_PORTAL) + _EXECUTE_INSIDE,
+        _INSIDE_HEAD + fe.bind(KEEPING_STATEMENT, params, CONTEXT_PORTAL) + _EXECUTE_INSIDE,
     )

@@ -28,6 +28,10 @@ class Pending:
         "closed",
         "deferred_sync",
         "errors",
+        "executes",
+        "inject_at",
+        "inject_skip",
+        "injections",
         "kind",
         "needs_sync",
         "offsets",
@@ -60,9 +64,35 @@ class Pending:
         self.deferred_sync = False
         # CLIENT: the ErrorResponse to show instead of the syntax error of a refusal placeholder.
         self.replacement: bytes | None = None
+        # CLIENT: the client's Executes (or a Query's statements) so far, counted by the relay; the
+        # server side counts their completions in stmt_index.
+        self.executes = 0
+        # CLIENT: a context prefix the relay put inside the batch follows the completion of the
+        # client's `inject_at`-th Execute (or statement) and `inject_skip` more replies (to the
+        # client's Parse, Bind, Describe or Close sent between); its replies are dropped.
+        # -1: none (left).
+        self.inject_at = -1
+        self.inject_skip = 0
+        self.injections: list[tuple[int, int]] | None = None  # more such places, in order
         # INTERNAL: error fields seen, and a callback when the entry is done.
         self.errors: list[dict[str, str]] = []
         self.on_done: Any = None
+
+    def inject(self, position: int, skip: int) -> None:
+        """A prefix goes inside this batch after the client's `position` completions and `skip`
+        replies to its other messages."""
+        if self.inject_at < 0:
+            self.inject_at, self.inject_skip = position, skip
+        elif self.injections is None:
+            self.injections = [(position, skip)]
+        else:
+            self.injections.append((position, skip))
+
+    def next_injection(self) -> None:
+        if self.injections:
+            self.inject_at, self.inject_skip = self.injections.pop(0)
+        else:
+            self.inject_at = -1
 
     def __repr__(self) -> str:
         names = {PREFIX: "PREFIX", CLIENT: "CLIENT", INTERNAL: "INTERNAL"}

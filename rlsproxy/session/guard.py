@@ -22,7 +22,7 @@ from typing import Any, Final, Literal
 from pglast import ast, enums
 from pglast.parser import ParseError
 
-from rlsproxy.session.guard_fast import plainly_allowed
+from rlsproxy.session.guard_fast import ENDS, NO_CONTEXT, plain_flow, plainly_allowed
 from rlsproxy.session.guard_plpgsql import DynamicExecute, Unanalysable, embedded_sql
 from rlsproxy.session.guard_support import needs_no_transaction, parse
 from rlsproxy.session.in_band import InBand, recognise
@@ -71,14 +71,24 @@ class Verdict:
     hint: str | None = None
     position: int | None = None  # 1-based character position, as Postgres' P field
     in_band: InBand | None = None  # action "in_band": the identity switch the statement asks for
+    # Where the text stands in a transaction (guard_fast.NO_CONTEXT, ENDS): for one statement its
+    # own flow; for several, ENDS if the last one ends the context (no earlier one may).
+    flow: int = 0
+    leading: int = 0  # how many statements at its start need no context (the prefix goes after them)
+    reapply: tuple[int, ...] = ()  # statements that need the context again (a COMMIT before them)
 
 
 ALLOW: Final = Verdict("allow")
-_DISCARD_ALL: Final = Verdict("discard_all")
-_DEALLOCATE_ALL: Final = Verdict("deallocate_all")
+# Allowed texts of one statement that need no context, and those that end it too.
+ALLOW_NO_CONTEXT: Final = Verdict("allow", flow=NO_CONTEXT, leading=1)
+ALLOW_ENDS: Final = Verdict("allow", flow=NO_CONTEXT | ENDS, leading=1)
+_ALLOW_BY_FLOW: Final = {0: ALLOW, NO_CONTEXT: ALLOW_NO_CONTEXT, NO_CONTEXT | ENDS: ALLOW_ENDS}
+# Both run without the context; after DISCARD ALL (which cannot run in a transaction) it is owed.
+_DISCARD_ALL: Final = Verdict("discard_all", flow=NO_CONTEXT | ENDS, leading=1)
+_DEALLOCATE_ALL: Final = Verdict("deallocate_all", flow=NO_CONTEXT, leading=1)
 # Allowed, but RESET ALL also resets the client's startup settings, which the proxy applied with
 # set_config (a direct connection keeps startup-packet values as reset values): the relay re-applies them.
-_RESET_ALL: Final = Verdict("reset_all")
+_RESET_ALL: Final = Verdict("reset_all", flow=NO_CONTEXT | ENDS, leading=1)
 
 
 def is_reserved_statement_name(name: str) -> bool:
@@ -116,7 +126,7 @@ def classify(sql: str, *, fast: bool = True) -> Verdict:
     text then comes from Postgres itself, with the same SQLSTATE, message and position.
     """
     if fast and plainly_allowed(sql):
-        return ALLOW
+        return _ALLOW_BY_FLOW[plain_flow(sql)]
     try:
         raws = parse(sql)
     except ParseError as exc:
@@ -136,14 +146,6 @@ def classify(sql: str, *, fast: bool = True) -> Verdict:
             "send it as a query of its own, before the statements it applies to",
             code=sqlstate.FEATURE_NOT_SUPPORTED,
         )
-    if len(raws) > 1 and any(_ends_transaction(raw.stmt) for raw in raws[:-1]):
-        return _refuse(
-            "statement_after_transaction_end",
-            "statements after COMMIT or ROLLBACK in the same query string would run "
-            "without the RLS context, so the query is refused",
-            "send the statements after the COMMIT or ROLLBACK as a query of their own",
-            code=sqlstate.FEATURE_NOT_SUPPORTED,
-        )
     for raw in raws:
         stmt = raw.stmt
         verdict = _batch_refusal(stmt) if len(raws) > 1 else None
@@ -158,31 +160,52 @@ def classify(sql: str, *, fast: bool = True) -> Verdict:
             )
         if verdict is not None:
             return verdict
-    if any(isinstance(raw.stmt, ast.VariableSetStmt) and raw.stmt.kind == _VAR_RESET_ALL for raw in raws):
-        return _RESET_ALL
-    return ALLOW
+    reset_all = any(
+        isinstance(raw.stmt, ast.VariableSetStmt) and raw.stmt.kind == _VAR_RESET_ALL for raw in raws
+    )
+    if len(raws) <= 1:
+        flow = statement_flow(raws[0].stmt) if raws else 0
+        return _RESET_ALL if reset_all else _ALLOW_BY_FLOW[flow]
+    return _several(raws, "reset_all" if reset_all else "allow")
+
+
+def _several(raws: Any, action: Action) -> Verdict:
+    """Where the context goes in a text of several statements: after the leading ones that need
+    none, and again before the first that needs it after each one that ends it (COMMIT; SELECT
+    runs the SELECT in a new transaction, ROLLBACK TO SAVEPOINT undoes a context set after it)."""
+    flows = [statement_flow(raw.stmt) for raw in raws]
+    leading = next((i for i, flow in enumerate(flows) if not flow & NO_CONTEXT), len(flows))
+    reapply: list[int] = []
+    owed = leading == len(flows) and any(flow & ENDS for flow in flows)
+    for index in range(leading, len(flows)):
+        if owed and not flows[index] & NO_CONTEXT:
+            reapply.append(index)
+            owed = False
+        owed = owed or flows[index] & ENDS != 0
+    if action == "allow" and leading == 0 and not reapply and not owed:
+        return ALLOW
+    return Verdict(action, flow=ENDS if owed else 0, leading=leading, reapply=tuple(reapply))
 
 
 _VAR_RESET_ALL: Final = enums.VariableSetKind.VAR_RESET_ALL
-_TRANSACTION_ENDS: Final = frozenset(
-    {
-        enums.TransactionStmtKind.TRANS_STMT_COMMIT,
-        enums.TransactionStmtKind.TRANS_STMT_ROLLBACK,
-        enums.TransactionStmtKind.TRANS_STMT_PREPARE,
-        enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
-        enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED,
-    }
-)
+_TRANS: Final = enums.TransactionStmtKind
+_STARTS: Final = frozenset({_TRANS.TRANS_STMT_BEGIN, _TRANS.TRANS_STMT_START})
+_WITHIN: Final = frozenset({_TRANS.TRANS_STMT_SAVEPOINT, _TRANS.TRANS_STMT_RELEASE})
 
 
-def _ends_transaction(stmt: Any) -> bool:
-    """COMMIT/END, ROLLBACK/ABORT (not TO SAVEPOINT), PREPARE TRANSACTION: the context ends with them.
+def statement_flow(stmt: Any) -> int:
+    """Where one statement stands in a transaction (guard_fast.NO_CONTEXT, ENDS).
 
-    The proxy puts the context ahead of a query string; Postgres runs the statements after such a
-    statement in a new transaction that has none (they would fail as the login role: fail closed,
-    but with a confusing "permission denied", so they are refused up front with a clear reason).
+    SAVEPOINT and RELEASE need the context (set before the savepoint, a ROLLBACK TO keeps it);
+    ROLLBACK TO SAVEPOINT ends it (a context set after the savepoint is undone with it).
     """
-    return isinstance(stmt, ast.TransactionStmt) and stmt.kind in _TRANSACTION_ENDS
+    if isinstance(stmt, ast.TransactionStmt):
+        if stmt.kind in _STARTS:
+            return NO_CONTEXT
+        return 0 if stmt.kind in _WITHIN else NO_CONTEXT | ENDS
+    if isinstance(stmt, ast.VariableSetStmt):  # SET TRANSACTION, SET LOCAL, RESET: no data read
+        return NO_CONTEXT | ENDS if stmt.kind == _VAR_RESET_ALL else NO_CONTEXT
+    return 0
 
 
 # -- parsing ---------------------------------------------------------------------------------------

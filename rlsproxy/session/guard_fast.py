@@ -58,6 +58,23 @@ _WATCHED: Final = frozenset(
 )
 _SEMICOLON: Final = "ASCII_59"
 
+# Where a statement stands in a transaction, for where the context prefix goes (a bit set, the
+# Verdict's `flow`). NO_CONTEXT: it reads and writes no data, so it may run before the context is
+# set, and must where the context's snapshot would break it (BEGIN ISOLATION LEVEL, SET
+# TRANSACTION) or where the transaction has failed (ROLLBACK). ENDS: after it the transaction-local
+# context is gone (COMMIT, ROLLBACK, ROLLBACK TO SAVEPOINT, AND CHAIN, RESET ALL): owed again.
+NO_CONTEXT: Final = 1
+ENDS: Final = 2
+_FLOW_BY_TOKEN: Final = {
+    "BEGIN_P": NO_CONTEXT,
+    "START": NO_CONTEXT,
+    "COMMIT": NO_CONTEXT | ENDS,
+    "END_P": NO_CONTEXT | ENDS,
+    "ROLLBACK": NO_CONTEXT | ENDS,
+    "ABORT_P": NO_CONTEXT | ENDS,
+}
+_FLOW_BY_WORD: Final = {name.removesuffix("_P").lower(): flow for name, flow in _FLOW_BY_TOKEN.items()}
+
 # The leading keyword of _FAST_FIRST as written (the scanner's token names drop the _P suffix).
 _FAST_WORDS: Final = frozenset(name.removesuffix("_P") for name in _FAST_FIRST)
 # Postgres' whitespace (scan.l: space), then a word that ends where the scanner's identifier would:
@@ -111,6 +128,18 @@ def _starts_with_fast_word(lowered: str) -> bool:
         if text.startswith(word) and text[len(word) : len(word) + 1] not in _IDENTIFIER_CHARS:
             return True
     return False
+
+
+def plain_flow(sql: str) -> int:
+    """The flow of a text plainly_allowed allows (its first keyword decides; see NO_CONTEXT)."""
+    match = _LEADING_WORD.match(sql)
+    if match is not None:
+        return _FLOW_BY_WORD.get(match.group(1).lower(), 0)
+    try:  # a comment or something else before the first word: the scanner's first token
+        tokens = parser.scan(sql)
+    except (ParseError, UnicodeError, ValueError):
+        return 0
+    return _FLOW_BY_TOKEN.get(tokens[0].name, 0) if tokens else 0
 
 
 def plainly_allowed(sql: str) -> bool:

@@ -21,7 +21,7 @@ from rlsproxy.errors import ProtocolViolation, ProxyError
 from rlsproxy.session import context
 from rlsproxy.session.expected import CLIENT, PREFIX_ENTRY, Pending
 from rlsproxy.session.guard import RESERVED_NAME_PREFIX, Guard, Verdict
-from rlsproxy.session.guard_fast import plain_text_allows
+from rlsproxy.session.guard_fast import ENDS, NO_CONTEXT, plain_flow, plain_text_allows
 from rlsproxy.session.in_band import SET_CONFIG_SQL, SET_SQL, InBand, payload
 from rlsproxy.session.server import VIEW_AT, Chunks, ServerState, Slice
 from rlsproxy.session.simple import (
@@ -43,6 +43,7 @@ _HEADER: Final = struct.Struct("!BI")  # message type, length (which counts itse
 _FORWARD_ONLY: Final = frozenset((codes.FLUSH,))
 _EXTENDED: Final = frozenset((codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE))
 _PORTAL: Final = ord("P")
+_STATEMENT: Final = ord("S")
 _RESERVED: Final = RESERVED_NAME_PREFIX.encode()
 _POSTGRES_LARGEST: Final = 0x3FFFFFFF  # Postgres refuses longer Bind and COPY data (PQ_LARGE_MESSAGE_LIMIT)
 _LITERAL_CHARS: Final = b"0123456789'$"  # what numbers, strings and dollar quotes are made of
@@ -58,6 +59,9 @@ _COPY_MESSAGES: Final = frozenset((codes.COPY_DATA, codes.COPY_DONE, codes.COPY_
 # Allowed by the plain-text check (guard_fast): one statement of plain DML or transaction control,
 # so never a COPY and never split. The relay sends it without building a Translation.
 PLAIN: Final = Verdict("allow")
+PLAIN_NO_CONTEXT: Final = Verdict("allow", flow=NO_CONTEXT, leading=1)  # BEGIN, START TRANSACTION
+PLAIN_ENDS: Final = Verdict("allow", flow=NO_CONTEXT | ENDS, leading=1)  # COMMIT, ROLLBACK, END, ABORT
+_PLAIN_BY_FLOW: Final = {0: PLAIN, NO_CONTEXT: PLAIN_NO_CONTEXT, NO_CONTEXT | ENDS: PLAIN_ENDS}
 
 
 class Classifier:
@@ -86,9 +90,10 @@ class Classifier:
             return found
         text = decode_sql(sql)[0]
         if plain_text_allows(text):
+            plain = _PLAIN_BY_FLOW[plain_flow(text)]
             if len(sql.translate(None, _LITERAL_CHARS)) == len(sql):  # no values in it: comes again
-                self._keep(sql, PLAIN)
-            return PLAIN
+                self._keep(sql, plain)
+            return plain
         return self._decide(sql, text)
 
     def verdict(self, sql: bytes) -> Verdict:
@@ -138,6 +143,12 @@ COPY_NOT_LAST_REFUSED: Final = be.error_response(
     sqlstate.FEATURE_NOT_SUPPORTED,
     "rlsproxy: COPY FROM STDIN must be the last statement of a multi-statement query",
     hint="send the COPY as a query of its own",
+)
+AFTER_END_IN_PIPELINE: Final = be.error_response(
+    sqlstate.FEATURE_NOT_SUPPORTED,
+    "rlsproxy: a query with statements after COMMIT or ROLLBACK cannot follow unsynced extended-protocol "
+    "messages: the proxy could not give those statements their RLS context",
+    hint="send a Sync before the query, or send the statements after the COMMIT as a query of their own",
 )
 IN_BAND_DISABLED: Final = be.error_response(
     sqlstate.INSUFFICIENT_PRIVILEGE,
@@ -229,6 +240,18 @@ class Relay:
         # closed with the next prefix, whose replies are dropped anyway.
         self._retired: list[bytes] = []
         self._switched = False  # an in-band switch was sent: later prefixes may need to keep one
+        # The transaction going on (or the next one) has no context yet: its statements so far
+        # needed none (BEGIN, SET TRANSACTION: guard_fast.NO_CONTEXT), or the last one ended it
+        # (COMMIT AND CHAIN, ROLLBACK TO SAVEPOINT, RESET ALL: ENDS). The next statement that needs
+        # it gets the prefix first, at the start of its batch or inside it (Pending.inject_at).
+        self._owed = False
+        # Flows (guard_fast.NO_CONTEXT, ENDS) of the client's prepared statements and portals that
+        # have one; most sessions have none, and then Binds and Executes are not looked up.
+        self._flows: dict[bytes, int] = {}
+        self._portal_flows: dict[bytes, int] = {}
+        # Replies the client's Parse/Bind/Describe/Close since its last Execute in the open batch
+        # will get: a prefix put in before the next Execute comes after them (Pending.inject_skip).
+        self._since_execute = 0
         self._carry: Carry | None = None  # what the last read left: see wire.framing.Carry
         self._open: Pending | None = None  # the client batch not yet ended by Sync/Query
         self._syncs_after_execute = 0
@@ -305,10 +328,27 @@ class Relay:
                     fwd = self._flush(view, fwd, pos, to_server)
                     self._extended(server, t, data[pos + 5 : end], view[pos:end], to_server)
                     fwd = end
+                # A statement's Describe gets two replies (parameters, then row or NoData).
+                self._since_execute += (
+                    2 if t == codes.DESCRIBE and end > pos + 5 and data[pos + 5] == _STATEMENT else 1
+                )
             elif t == codes.EXECUTE:
+                flow = 0
+                if self._portal_flows:
+                    nul = data.find(0, pos + 5, end)
+                    flow = self._portal_flows.get(data[pos + 5 : nul], 0) if nul > 0 else 0
                 if self._open is None:
                     fwd = self._flush(view, fwd, pos, to_server)
-                    self._open_batch(server, to_server, context=True)
+                    self._open_batch(server, to_server, context=True, leads=flow & NO_CONTEXT != 0)
+                elif self._owed and not flow & NO_CONTEXT:
+                    fwd = self._flush(view, fwd, pos, to_server)
+                    to_server.append(self._inject(server, self._open))
+                batch = self._open
+                assert batch is not None
+                batch.executes += 1
+                self._since_execute = 0
+                if flow & ENDS:
+                    self._owed = True
                 self._syncs_after_execute = 0
                 self.statements += 1
                 if self._on_statement is not None:
@@ -368,13 +408,21 @@ class Relay:
         return pos
 
     # -- batches ------------------------------------------------------------------------------
-    def _open_batch(self, server: ServerState, to_server: Chunks, *, context: bool) -> bool:
-        """Start a client batch; put the context prefix first unless surely inside a transaction.
+    def _open_batch(
+        self, server: ServerState, to_server: Chunks, *, context: bool, leads: bool = False
+    ) -> bool:
+        """Start a client batch; put the context prefix first unless surely inside a transaction
+        that has it, or unless the batch `leads` with a statement that needs no context (then the
+        context is owed to the first one that does).
 
         Returns whether a prefix was sent.
         """
-        prefixed = context and self._may_be_idle(server)
+        needed = context and (self._owed or self._may_be_idle(server))
+        prefixed = needed and not leads
+        if needed and leads:
+            self._owed = True
         if prefixed:
+            self._owed = False
             if self._retired:
                 to_server.append(b"".join(_close_statement(name) for name in self._retired))
                 self._retired.clear()
@@ -386,7 +434,20 @@ class Relay:
             self.transactions += 1
         self._open = Pending(CLIENT)
         server.pending.append(self._open)
+        self._since_execute = 0
         return prefixed
+
+    def _inject(self, server: ServerState, entry: Pending, position: int = -1) -> bytes:
+        """The context prefix inside a client batch, after the client's `position` statements of a
+        Query, or (default) where the client's messages have reached: the server side drops its
+        replies (Pending.inject_at)."""
+        if position < 0:
+            entry.inject(entry.executes, self._since_execute)
+        else:
+            entry.inject(position, 0)
+        self._owed = False
+        self.transactions += 1
+        return server.context_messages(self.prefix, keeping=self._switched, inside=True)
 
     def _end_batch(self, server: ServerState) -> None:
         if self._open is not None:
@@ -412,34 +473,51 @@ class Relay:
             self._on_statement(sql)
         # DISCARD ALL must run outside any transaction, so it goes without the prefix; it runs
         # as the login role, which can read nothing. It also drops the context statement.
-        if self._open is None and action != "discard_all" and self._may_be_idle(server):
-            self._query_in_new_transaction(server, sql, verdict is PLAIN, to_server)
+        if (
+            self._open is None
+            and action != "discard_all"
+            and (self._owed or verdict.reapply or self._may_be_idle(server))
+        ):
+            self._query_in_new_transaction(server, sql, verdict, to_server)
+        elif self._open is not None and verdict.reapply:
+            self._refuse_query(server, "statement_after_transaction_end", AFTER_END_IN_PIPELINE, to_server)
+            return
         else:
-            # Inside the client's transaction (or DISCARD ALL): the Query goes as it came.
+            # Inside the client's transaction, which has its context (or DISCARD ALL, or behind
+            # unsynced messages of the client's): the Query goes as it came.
             if self._open is None:
                 self._open_batch(server, to_server, context=False)
             entry = self._open
             assert entry is not None
+            if self._owed and verdict.leading == 0:
+                to_server.append(self._inject(server, entry))
             to_server.append(raw)
             entry.needs_sync = True
             if entry.prefix_failed:  # Postgres is skipping to a Sync and the client sends none
                 to_server.append(fe.SYNC)
             self._end_batch(server)
+        if verdict.flow & ENDS:
+            self._owed = True
         if action in ("discard_all", "deallocate_all"):
             self._forget_statements(server)
         if self._restore and action in ("discard_all", "reset_all"):
             to_server.append(server.internal(self._restore))
 
     def _query_in_new_transaction(
-        self, server: ServerState, sql: bytes, plain: bool, to_server: Chunks
+        self, server: ServerState, sql: bytes, verdict: Verdict, to_server: Chunks
     ) -> None:
-        """Prefix + the Query as extended messages + Sync (see simple.py for why). A `plain` text
-        (verdict PLAIN: one statement, never a COPY) is written around its SQL, no Translation built."""
+        """[Prefix +] the Query as extended messages + Sync (see simple.py for why). A plain text
+        (one statement, never a COPY) is written around its SQL, no Translation built. The prefix
+        goes before the first statement that needs a context: after a leading BEGIN ISOLATION
+        LEVEL or SET TRANSACTION, whose snapshot rules it would break, and not at all before a
+        ROLLBACK of a failed transaction."""
+        plain = verdict is PLAIN or verdict is PLAIN_NO_CONTEXT or verdict is PLAIN_ENDS
         translation = None if plain else self._classifier.translation(sql)
         if translation is not None and translation.copy_not_last:
             self._refuse_query(server, "copy_not_last", COPY_NOT_LAST_REFUSED, to_server)
             return
-        self._open_batch(server, to_server, context=True)
+        leading = verdict.leading
+        self._open_batch(server, to_server, context=True, leads=leading > 0)
         entry = self._open
         assert entry is not None
         entry.translated = True
@@ -447,7 +525,21 @@ class Relay:
             to_server += (parse_head(len(sql)), sql, PARSE_TAIL_SYNC)
         else:
             entry.offsets = translation.offsets
-            to_server.append(translation.messages)
+            starts = translation.starts
+            # The prefix goes after the statements that need no context, and again after a COMMIT
+            # (or ROLLBACK TO SAVEPOINT, ...) before the next statement that needs it.
+            positions = verdict.reapply
+            if self._owed and starts is not None and leading < len(starts):
+                positions = (leading, *positions)
+            if starts is None or not positions:
+                to_server.append(translation.messages)
+            else:
+                messages = translation.messages
+                cut = 0
+                for position in positions:
+                    to_server += (messages[cut : starts[position]], self._inject(server, entry, position))
+                    cut = starts[position]
+                to_server.append(messages[cut:])
             if translation.copy_in:
                 entry.deferred_sync = True
                 self._copy_entry = entry
@@ -457,10 +549,14 @@ class Relay:
 
     # -- in-band identity ---------------------------------------------------------------------
     def _switch(self, switch: InBand, token: str) -> tuple[str, str]:
-        """Verify the token (ProxyError if refused); a session-scope switch also changes later prefixes."""
+        """Verify the token (ProxyError if refused); a session-scope switch also changes later prefixes.
+
+        The switch sets role and claims for the transaction: it is the transaction's context, so
+        none is owed any more (a prefix after it would have to keep it: context.KEEPING_SQL)."""
         assert self._in_band is not None
         role, claims = self._in_band("" if switch.form == "reset" else token)
         self._switched = True
+        self._owed = False
         if not switch.local:
             self.prefix = context.context_prefix(role, claims)
         return role, claims
@@ -530,6 +626,8 @@ class Relay:
         server.forget_context()
         self._in_band_statements.clear()
         self._retired.clear()
+        self._flows.clear()
+        self._portal_flows.clear()
 
     def _in_band_bind(
         self, server: ServerState, switch: InBand, server_name: bytes, body: bytes, to_server: Chunks
@@ -578,9 +676,14 @@ class Relay:
         if self._in_band_statements and data[start:name_end] in self._in_band_statements:
             return False
         if t == codes.PARSE:
+            if self._flows and data[start:name_end] in self._flows:
+                return False
             sql_end = data.find(0, name_end + 1, end)
-            return sql_end > 0 and self._classifier.verdict(data[name_end + 1 : sql_end]).action == "allow"
-        return True
+            if sql_end < 0:
+                return False
+            verdict = self._classifier.verdict(data[name_end + 1 : sql_end])
+            return verdict.action == "allow" and not verdict.flow
+        return not (self._flows or self._portal_flows)  # a Bind: else its portal's flow is noted
 
     @staticmethod
     def _may_be_idle(server: ServerState) -> bool:
@@ -606,8 +709,17 @@ class Relay:
                     self._refuse_extended(server, "statement_exists", _already_exists(name), to_server)
                     return
                 self._retire(name)
+            if verdict.flow:
+                self._flows[name] = verdict.flow
+            elif self._flows:
+                self._flows.pop(name, None)
             if self._open is None:
-                self._open_batch(server, to_server, context=verdict.action != "discard_all")
+                self._open_batch(
+                    server,
+                    to_server,
+                    context=verdict.action != "discard_all",
+                    leads=verdict.flow & NO_CONTEXT != 0,
+                )
             if verdict.action in ("discard_all", "deallocate_all"):
                 self._forget_statements(server)
             if self._restore and verdict.action in ("discard_all", "reset_all"):
@@ -622,6 +734,15 @@ class Relay:
                     return
                 if self._on_statement is not None:
                     self._portal_sql[body[: max(body.find(0), 0)]] = self._statement_sql.get(name, b"")
+                flow = self._flows.get(name, 0) if self._flows else 0
+                if flow or self._portal_flows:
+                    portal = body[: max(body.find(0), 0)]
+                    if flow:
+                        self._portal_flows[portal] = flow
+                    else:
+                        self._portal_flows.pop(portal, None)
+                if self._open is None and flow & NO_CONTEXT:
+                    self._open_batch(server, to_server, context=True, leads=True)
             else:
                 kind, name = fe.target(body)
                 if kind != ord("S"):
@@ -632,6 +753,8 @@ class Relay:
                         del self._in_band_statements[name]
                     raw = be.message(t, b"S" + found[1] + b"\0")
                     name = b""
+                elif t == codes.CLOSE and self._flows:
+                    self._flows.pop(name, None)
             if name and _reserved(name):
                 self._refuse_extended(server, "reserved_name", RESERVED_NAME_REFUSED, to_server)
                 return

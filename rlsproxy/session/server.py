@@ -41,6 +41,17 @@ _TRANSLATION_ONLY: Final = frozenset(
 )
 _PARSED_AND_BOUND: Final = be.message(codes.PARSE_COMPLETE, b"") + be.message(codes.BIND_COMPLETE, b"")
 _PARSED_AND_BOUND_LEN: Final = len(_PARSED_AND_BOUND)
+# The one reply each of Parse, Bind, Close and Describe (a statement's: two) gets.
+_MESSAGE_REPLIES: Final = frozenset(
+    (
+        codes.PARSE_COMPLETE,
+        codes.BIND_COMPLETE,
+        codes.CLOSE_COMPLETE,
+        codes.PARAMETER_DESCRIPTION,
+        codes.ROW_DESCRIPTION,
+        codes.NO_DATA,
+    )
+)
 # Replies that may arrive at any time and always belong to the client.
 _ASYNC: Final = frozenset((codes.NOTICE_RESPONSE, codes.NOTIFICATION_RESPONSE, codes.PARAMETER_STATUS))
 # Reads at least this long are sliced through a memoryview (no copies); shorter ones, most replies,
@@ -87,6 +98,8 @@ class ServerState:
         pending = self.pending
         header = _HEADER.unpack_from
         head = pending[0] if pending else None  # looked up again only when an entry ends
+        # Inside a client entry, the replies of a context prefix the relay put inside its batch.
+        swallow = head is not None and head.inject_at == head.stmt_index and not head.inject_skip
         prefix_start = -1  # where the replies of a prefix began, to learn them
         t: int  # declared: compiled (setup.py), the comparisons below are then on machine integers
         length: int
@@ -104,16 +117,40 @@ class ServerState:
                 break
             if head is None or head.kind == CLIENT:
                 if t == codes.DATA_ROW:  # the bulk of most streams
-                    pass
+                    if swallow:
+                        if fwd < pos:
+                            to_client.append(view[fwd:pos])
+                        fwd = end
                 elif t == codes.READY_FOR_QUERY:
                     self.tx_status = data[pos + 5]
                     if head is not None:
                         pending.popleft()
                         head = pending[0] if pending else None
+                        swallow = (
+                            head is not None and head.inject_at == head.stmt_index and not head.inject_skip
+                        )
                 elif t == codes.PARAMETER_STATUS:  # forwarded, and noted (pinned settings: raises)
                     self._note_parameter(data[pos + 5 : end])
-                elif head is not None and (head.translated or head.replacement is not None):
-                    if head.translated and t in _TRANSLATION_ONLY:
+                elif head is not None and (
+                    head.translated or head.replacement is not None or head.inject_at >= 0
+                ):
+                    if head.inject_at == head.stmt_index and head.inject_skip and t in _MESSAGE_REPLIES:
+                        head.inject_skip -= 1  # the client's, sent before the prefix went in
+                        swallow = not head.inject_skip
+                    elif swallow:  # the prefix inside the batch: dropped up to its CommandComplete
+                        if fwd < pos:
+                            to_client.append(view[fwd:pos])
+                        if t == codes.COMMAND_COMPLETE:
+                            head.next_injection()
+                            swallow = False
+                        elif t == codes.ERROR_RESPONSE:  # fail closed, as a failed prefix at the start
+                            head.inject_at = -1
+                            swallow = False
+                            self.forget_context()
+                            to_client.append(view[pos:end])
+                            self._after_failed_prefix(head, to_server)
+                        fwd = end
+                    elif head.translated and t in _TRANSLATION_ONLY:
                         if fwd < pos:
                             to_client.append(view[fwd:pos])
                         # The usual pair, in one step. (A slice compared: bytes.startswith with a
@@ -126,13 +163,31 @@ class ServerState:
                             to_client.append(view[fwd:pos])
                         to_client.append(self._client_error(head, data[pos:end]))
                         fwd = end
-                    elif t == codes.COMMAND_COMPLETE or t == codes.EMPTY_QUERY_RESPONSE:
-                        head.stmt_index += 1
+                        head.inject_at = -1  # Postgres skips the rest of the batch, a prefix in it too
+                        if head.deferred_sync:  # a COPY FROM STDIN that failed: Postgres waits
+                            head.deferred_sync = False  # for a Sync, ignoring COPY data until then
+                            to_server.append(fe.SYNC)
+                    elif (
+                        t == codes.COMMAND_COMPLETE
+                        or t == codes.EMPTY_QUERY_RESPONSE
+                        or t == codes.PORTAL_SUSPENDED
+                    ):
+                        head.stmt_index += 1  # one per client Execute (or statement of a Query)
+                        swallow = head.inject_at == head.stmt_index and not head.inject_skip
                         if head.tag is not None:
                             if fwd < pos:
                                 to_client.append(view[fwd:pos])
                             to_client.append(head.tag)
                             fwd = end
+                elif head is not None and (
+                    t == codes.COMMAND_COMPLETE
+                    or t == codes.EMPTY_QUERY_RESPONSE
+                    or t == codes.PORTAL_SUSPENDED
+                ):
+                    # Counted in every client entry: the relay may yet put a prefix inside this
+                    # batch after the completions already seen (see Pending.inject_at).
+                    head.stmt_index += 1
+                    swallow = head.inject_at == head.stmt_index and not head.inject_skip
                 pos = end
                 continue
             # The head is the proxy's own exchange.
@@ -179,6 +234,7 @@ class ServerState:
                     if head.on_done is not None:
                         head.on_done(head)
             head = pending[0] if pending else None  # an on_done callback may queue more, too
+            swallow = head is not None and head.inject_at == head.stmt_index and not head.inject_skip
             pos = end
         if fwd < pos:
             to_client.append(view[fwd:pos])
@@ -227,16 +283,19 @@ class ServerState:
         if name in _WATCHED_PARAMETERS:
             check_reported(name, value)
 
-    def context_messages(self, prefix: context.Prefix, *, keeping: bool) -> bytes:
+    def context_messages(self, prefix: context.Prefix, *, keeping: bool, inside: bool = False) -> bytes:
         """The prefix for one transaction, preparing its context statement when needed.
 
         `keeping`: the transaction may already hold an in-band switch, which the prefix must keep.
+        `inside`: it goes inside a client's batch (see context.Prefix).
         """
         if keeping:
-            state, statement, bind = self.ctx_keeping, context.KEEPING, prefix.keeping
+            state, statement = self.ctx_keeping, context.KEEPING
+            bind = prefix.keeping_inside if inside else prefix.keeping
             self.ctx_keeping = CTX_PREPARED  # optimistic; a failed prefix sets it back to unknown
         else:
-            state, statement, bind = self.ctx, context.PLAIN, prefix.plain
+            state, statement = self.ctx, context.PLAIN
+            bind = prefix.plain_inside if inside else prefix.plain
             self.ctx = CTX_PREPARED
         if state == CTX_PREPARED:
             return bind

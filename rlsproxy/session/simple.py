@@ -32,6 +32,9 @@ class Translation(NamedTuple):  # a tuple: built per distinct text on the hot pa
     offsets: tuple[int, ...] | None  # character offset of each statement, when there are several
     copy_in: bool  # the last statement is COPY FROM STDIN: the Sync must wait for the COPY to end
     copy_not_last: bool  # COPY FROM STDIN followed by more statements: cannot be pipelined
+    # where each statement's messages begin in `messages`, when there are several (a context
+    # prefix may go between them: relay._query_in_new_transaction)
+    starts: tuple[int, ...] | None = None
 
 
 _AFTER_PARSE: Final = BIND_UNNAMED + DESCRIBE_UNNAMED_PORTAL + EXECUTE_ALL
@@ -98,9 +101,14 @@ def translate(raw: bytes) -> Translation:
         return whole(raw)
     parts = [sql[s] for s in slices]
     copies = ["copy" in p.lower() and _is_copy_in(p) for p in parts]
+    encoded = [_statement(p.encode(codec)) for p in parts]
+    starts = [0]
+    for one in encoded[:-1]:
+        starts.append(starts[-1] + len(one))
     return Translation(
-        b"".join(_statement(p.encode(codec)) for p in parts),
+        b"".join(encoded),
         tuple(s.start for s in slices),
         copies[-1],
         any(copies[:-1]),
+        tuple(starts),
     )

@@ -162,25 +162,27 @@ def test_reset_keeps_startup_settings(proxy: RunningProxy, statement: str, proto
         assert conn.execute("select auth.uid()::text").fetchone() == (ALICE,)
 
 
-def test_statements_after_commit_in_one_query_are_refused_up_front(proxy: RunningProxy) -> None:
-    """They would run in a new transaction without the context; refused with a reason, nothing runs."""
+def test_statements_after_commit_in_one_query_run_in_their_context(proxy: RunningProxy, pg: Any) -> None:
+    """After a COMMIT in one query string the later statements run in a new transaction: the proxy
+    puts the context before them again (they used to be refused up front)."""
     from rlsproxy.wire import frontend as fe
-    from tests.support.rawpg import RawConnection, error_fields
+    from tests.support.rawpg import RawConnection
 
     raw = RawConnection(
         proxy.port, {"user": "app", "database": "app", "options": f"-c rlsproxy.jwt={token_for(ALICE)}"}
     )
     try:
         raw.send(
-            fe.query("begin; insert into notes (user_id, title) values (auth.uid(), 'x1'); commit; select 1")
+            fe.query(
+                "begin; insert into notes (user_id, title) values (auth.uid(), 'x1'); commit; "
+                "select auth.uid()::text || ' ' || current_user, count(*) from notes where title = 'x1'"
+            )
         )
         replies = raw.until_ready()
-        assert [t for t, _ in replies] == ["E", "Z"]
-        fields = error_fields(replies[0])
-        assert fields["C"] == "0A000"
-        assert "after COMMIT or ROLLBACK" in fields["M"]
-        assert replies[1][1] == b"I"
-        raw.send(fe.query("select count(*) from notes where title = 'x1'"))
-        assert [m for m in raw.until_ready() if m[0] == "D"] == [("D", b"\x00\x01\x00\x00\x00\x010")]
+        assert [t for t, _ in replies] == ["C", "C", "C", "T", "D", "C", "Z"], replies
+        row = replies[4][1]  # two columns: the identity after the COMMIT, and the row it committed
+        assert f"{ALICE} authenticated".encode() in row and row.endswith(b"\x00\x00\x00\x011"), row
+        assert replies[-1][1] == b"I"
     finally:
         raw.close()
+        pg.psql("delete from notes where title = 'x1'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlsproxy.session.guard import ALLOW, Guard, Verdict, classify, is_reserved_statement_name
+from rlsproxy.session.guard_fast import ENDS, NO_CONTEXT
 from rlsproxy.session.guard_plpgsql import DynamicExecute, Unanalysable, embedded_sql
 from rlsproxy.session.guard_support import json_depth
 
@@ -337,13 +338,6 @@ REFUSED: list[tuple[str, str, str]] = [
     ("ROLLBACK PREPARED 'x'", "needs_no_transaction", ACTIVE),
     ("select 1; vacuum", "needs_no_transaction", ACTIVE),
     # -- statements after the end of the transaction the context belongs to --------------------
-    ("begin; select 1; commit; select * from notes", "statement_after_transaction_end", "0A000"),
-    ("select 1; COMMIT; select 2", "statement_after_transaction_end", "0A000"),
-    ("begin; rollback; begin; select 1", "statement_after_transaction_end", "0A000"),
-    ("begin; end; select 1", "statement_after_transaction_end", "0A000"),
-    ("begin; abort; select 1", "statement_after_transaction_end", "0A000"),
-    ("begin; commit and chain; select 1", "statement_after_transaction_end", "0A000"),
-    ("begin; prepare transaction 'x'; select 1", "statement_after_transaction_end", "0A000"),
     # -- batches with statements that must come alone --------------------------------------------
     ("select 1; DISCARD ALL", "discard_all_in_batch", ACTIVE),
     ("DISCARD ALL; select 1", "discard_all_in_batch", ACTIVE),
@@ -440,9 +434,38 @@ def test_refused(sql: str, rule: str, code: str) -> None:
     assert verdict.message is not None and verdict.message.startswith("rlsproxy: ")
 
 
+@pytest.mark.parametrize(
+    ("sql", "leading", "reapply", "flow"),
+    [
+        ("select 1", 0, (), 0),
+        ("begin isolation level serializable; select 1", 1, (), 0),
+        ("BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SET LOCAL x.y = 1; select 1", 3, (), 0),
+        ("begin; select 1; commit; select * from notes", 1, (3,), 0),
+        ("select 1; COMMIT; select 2", 0, (2,), 0),
+        ("begin; rollback; begin; select 1", 3, (), 0),
+        ("begin; end; select 1", 2, (), 0),
+        ("begin; commit and chain; select 1", 2, (), 0),
+        ("begin; savepoint a; select 1; rollback to savepoint a; release a; commit", 1, (4,), ENDS),
+        ("select 1; reset all", 0, (), ENDS),
+        ("begin; commit", 2, (), ENDS),
+        ("begin", 1, (), NO_CONTEXT),
+        ("rollback to savepoint a", 1, (), NO_CONTEXT | ENDS),
+        ("commit and chain", 1, (), NO_CONTEXT | ENDS),
+        ("reset all", 1, (), NO_CONTEXT | ENDS),
+        ("savepoint a", 0, (), 0),
+    ],
+)
+def test_where_the_context_goes(sql: str, leading: int, reapply: tuple[int, ...], flow: int) -> None:
+    """After statements that need no context (BEGIN ISOLATION LEVEL must come before any snapshot),
+    and again before the first statement that needs it after one that ended it."""
+    verdict = classify(sql)
+    assert (verdict.leading, verdict.reapply, verdict.flow) == (leading, reapply, flow), verdict
+    assert classify(sql, fast=False) == verdict
+
+
 @pytest.mark.parametrize("sql", ALLOWED)
 def test_allowed(sql: str) -> None:
-    assert classify(sql) == ALLOW
+    assert classify(sql).action == "allow"
 
 
 def test_messages_name_what_and_why() -> None:
@@ -625,7 +648,8 @@ def test_fast_path_allows_plain_dml(sql: str) -> None:
     from rlsproxy.session.guard_fast import plainly_allowed
 
     assert plainly_allowed(sql)
-    assert classify(sql, fast=False) == ALLOW  # and the full parse agrees
+    assert classify(sql, fast=False) == classify(sql)  # and the full parse agrees, flow included
+    assert classify(sql).action == "allow"
 
 
 @pytest.mark.parametrize("sql", [sql for sql, _, _ in REFUSED])

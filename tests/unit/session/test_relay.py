@@ -12,7 +12,7 @@ from rlsproxy.session import context
 from rlsproxy.session.expected import CTX_PREPARED, CTX_UNKNOWN, CTX_UNPREPARED
 from rlsproxy.session.guard import Guard
 from rlsproxy.session.in_band import SET_CONFIG_SQL, payload
-from rlsproxy.session.relay import PLAIN, Classifier, Relay
+from rlsproxy.session.relay import PLAIN, PLAIN_ENDS, PLAIN_NO_CONTEXT, Classifier, Relay
 from rlsproxy.session.server import Chunks, ServerState
 from rlsproxy.session.simple import translate
 from rlsproxy.wire import backend as be
@@ -175,11 +175,17 @@ def test_large_copy_data_from_the_client_is_passed_on_as_it_arrives() -> None:
 
 
 def test_no_prefix_inside_an_open_transaction() -> None:
+    """BEGIN needs no context and goes alone (its snapshot rules: BEGIN ISOLATION LEVEL); the first
+    statement of the transaction gets the prefix, later ones run in the context it set."""
     relay, state = make_relay()
-    from_client(relay, extended("begin"))
-    from_server(relay, PREFIX_REPLY + PARSE_COMPLETE + BIND_COMPLETE + SELECT_1 + READY_IN_TX)
+    begin = extended("begin")
+    assert from_client(relay, begin)[0] == begin
+    from_server(relay, PARSE_COMPLETE + BIND_COMPLETE + SELECT_1 + READY_IN_TX)
     assert state.tx_status == codes.TX_IN_BLOCK
-    batch = extended("select 1")
+    first = extended("select 1")
+    assert from_client(relay, first)[0] == PREFIX.plain + first
+    from_server(relay, PREFIX_REPLY + PARSE_COMPLETE + BIND_COMPLETE + SELECT_1 + READY_IN_TX)
+    batch = extended("select 2")
     assert from_client(relay, batch)[0] == batch
 
 
@@ -206,11 +212,14 @@ def test_simple_query_is_translated_and_the_extra_replies_dropped() -> None:
     ],
 )
 def test_plain_statement_is_sent_as_the_translation_would(sql: bytes) -> None:
-    """The short path (a PLAIN verdict, no Translation) writes the same bytes as translate()."""
+    """The short path (a PLAIN verdict, no Translation) writes the same bytes as translate();
+    transaction control goes without the prefix (it needs no context)."""
     relay, _ = make_relay()
-    assert Classifier(Guard(0)).query_verdict(sql) is PLAIN
+    verdict = Classifier(Guard(0)).query_verdict(sql)
+    assert verdict in (PLAIN, PLAIN_NO_CONTEXT, PLAIN_ENDS)
     upstream, _ = from_client(relay, fe.query(sql.decode()))
-    assert upstream == PREFIX.plain + translate(sql).messages + fe.SYNC
+    prefix = b"" if verdict.flow else PREFIX.plain
+    assert upstream == prefix + translate(sql).messages + fe.SYNC
 
 
 @pytest.mark.parametrize(
