@@ -15,6 +15,7 @@ from rlsproxy.wire import codes
 from rlsproxy.wire import frontend as fe
 from rlsproxy.wire.backend import message
 
+RESERVED_PREFIX: Final = "rlsproxy_"  # statement and portal names no client may use (guard.py)
 CONTEXT_STATEMENT: Final = "rlsproxy_ctx"
 CONTEXT_SQL: Final = "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)"
 # The same, unless the client already switched this transaction's identity in-band (in_band.py

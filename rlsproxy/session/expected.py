@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from rlsproxy.wire import backend as be
+from rlsproxy.wire import codes
+
 PREFIX: Final = 0  # the context prefix (Close? Parse? Bind Execute): replies swallowed
 CLIENT: Final = 1  # the client's messages up to its Sync/Query: replies forwarded
 INTERNAL: Final = 2  # the proxy's own exchange ending with its Sync or Query: replies swallowed
@@ -26,6 +29,7 @@ class Pending:
 
     __slots__ = (
         "closed",
+        "creates",
         "deferred_sync",
         "errors",
         "executes",
@@ -40,13 +44,18 @@ class Pending:
         "replacement",
         "stmt_index",
         "tag",
+        "tag_at",
         "translated",
+        "watch",
     )
 
     def __init__(self, kind: int, *, closed: bool = False) -> None:
         self.kind = kind
         # CLIENT: the client sent the Sync or Query that ends this batch (later messages open a new one).
         self.closed = closed
+        # CLIENT: prepares a statement of the proxy's (ServerState.switch_statements) that an error
+        # in the batch may have skipped.
+        self.creates = False
         # CLIENT: ended by a client Query with no Sync behind it; if its prefix fails, Postgres skips
         # to a Sync that would never come, so the proxy sends one.
         self.needs_sync = False
@@ -57,8 +66,13 @@ class Pending:
         self.translated = False
         self.offsets: tuple[int, ...] | None = None
         self.stmt_index = 0
-        # CLIENT, translated: the CommandComplete to show instead of the server's (an in-band SET).
+        # CLIENT: the CommandComplete to show instead of the server's for the client's `tag_at`-th
+        # completion (an in-band SET, whose statement is the proxy's SELECT).
         self.tag: bytes | None = None
+        self.tag_at = -1
+        # CLIENT: some reply needs looking at (translated, replacement, inject_at or tag is set):
+        # one flag for the server side's hot path to read.
+        self.watch = False
         # CLIENT: the proxy's Sync for a translated COPY FROM STDIN waits for the client's CopyDone
         # (Postgres ignores Sync during COPY).
         self.deferred_sync = False
@@ -81,12 +95,18 @@ class Pending:
     def inject(self, position: int, skip: int) -> None:
         """A prefix goes inside this batch after the client's `position` completions and `skip`
         replies to its other messages."""
+        self.watch = True
         if self.inject_at < 0:
             self.inject_at, self.inject_skip = position, skip
         elif self.injections is None:
             self.injections = [(position, skip)]
         else:
             self.injections.append((position, skip))
+
+    def retag(self, position: int, tag: bytes) -> None:
+        """Show `tag` as the CommandComplete of the client's `position`-th completion."""
+        self.watch = True
+        self.tag, self.tag_at = be.message(codes.COMMAND_COMPLETE, tag + b"\0"), position
 
     def next_injection(self) -> None:
         if self.injections:

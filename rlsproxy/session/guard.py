@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
 from pglast import ast, enums
@@ -137,16 +137,17 @@ def classify(sql: str, *, fast: bool = True) -> Verdict:
             return _DISCARD_ALL
         if isinstance(stmt, ast.DeallocateStmt) and stmt.isall:
             return _DEALLOCATE_ALL
-    if len(raws) == 1 and (switch := recognise(raws[0].stmt)) is not None:
+    switch = recognise(raws[0].stmt) if raws else None
+    if len(raws) == 1 and switch is not None:
         return Verdict("in_band", in_band=switch)
-    if len(raws) > 1 and any(recognise(raw.stmt) is not None for raw in raws):
+    if len(raws) > 1 and any(recognise(raw.stmt) is not None for raw in raws[1:]):
         return _refuse(
             "in_band_in_batch",
-            "an in-band identity switch (rlsproxy.jwt) must be a statement of its own",
-            "send it as a query of its own, before the statements it applies to",
+            "an in-band identity switch (rlsproxy.jwt) in a query string must be its first statement",
+            "put the switch first: it applies to the statements after it",
             code=sqlstate.FEATURE_NOT_SUPPORTED,
         )
-    for raw in raws:
+    for raw in raws[1:] if switch is not None else raws:
         stmt = raw.stmt
         verdict = _batch_refusal(stmt) if len(raws) > 1 else None
         verdict = verdict or _inspect(stmt, _statement_text(sql, raw), 0)
@@ -166,7 +167,10 @@ def classify(sql: str, *, fast: bool = True) -> Verdict:
     if len(raws) <= 1:
         flow = statement_flow(raws[0].stmt) if raws else 0
         return _RESET_ALL if reset_all else _ALLOW_BY_FLOW[flow]
-    return _several(raws, "reset_all" if reset_all else "allow")
+    several = _several(raws, "reset_all" if reset_all else "allow")
+    if switch is not None:  # first: it sets the context the statements after it run in
+        return replace(several, action="in_band", in_band=switch)
+    return several
 
 
 def _several(raws: Any, action: Action) -> Verdict:
@@ -203,6 +207,8 @@ def statement_flow(stmt: Any) -> int:
         if stmt.kind in _STARTS:
             return NO_CONTEXT
         return 0 if stmt.kind in _WITHIN else NO_CONTEXT | ENDS
+    if recognise(stmt) is not None:  # an in-band switch: it is the context (in_band.py)
+        return NO_CONTEXT
     if isinstance(stmt, ast.VariableSetStmt):  # SET TRANSACTION, SET LOCAL, RESET: no data read
         return NO_CONTEXT | ENDS if stmt.kind == _VAR_RESET_ALL else NO_CONTEXT
     return 0

@@ -43,6 +43,10 @@ _HEADER: Final = struct.Struct("!BI")  # message type, length (which counts itse
 _FORWARD_ONLY: Final = frozenset((codes.FLUSH,))
 _EXTENDED: Final = frozenset((codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE))
 _PORTAL: Final = ord("P")
+# Portal flow bits beyond guard_fast's: an in-band SET or RESET, whose CommandComplete is replaced.
+_TAG_SET: Final = 4
+_TAG_RESET: Final = 8
+_TAGS: Final = _TAG_SET | _TAG_RESET
 _STATEMENT: Final = ord("S")
 _RESERVED: Final = RESERVED_NAME_PREFIX.encode()
 _POSTGRES_LARGEST: Final = 0x3FFFFFFF  # Postgres refuses longer Bind and COPY data (PQ_LARGE_MESSAGE_LIMIT)
@@ -155,10 +159,12 @@ IN_BAND_DISABLED: Final = be.error_response(
     "rlsproxy: in-band identity switching is disabled (jwt.in_band: false)",
     hint="connect with the token in the startup packet instead",
 )
-IN_BAND_EXTENDED_SET: Final = be.error_response(
+IN_BAND_AFTER_UNSYNCED: Final = be.error_response(
     sqlstate.FEATURE_NOT_SUPPORTED,
-    "rlsproxy: SET/RESET rlsproxy.jwt are supported in the simple query protocol only",
-    hint="use SELECT set_config('rlsproxy.jwt', $1, true) (or false for the session)",
+    "rlsproxy: an in-band identity switch in a simple query cannot follow unsynced "
+    "extended-protocol messages",
+    hint="send a Sync first, or switch with SELECT set_config('rlsproxy.jwt', $1, true) "
+    "in the extended protocol",
 )
 IN_BAND_NO_PARAMETER: Final = be.error_response(
     sqlstate.UNDEFINED_PARAMETER, "there is no parameter $1", position=1
@@ -168,7 +174,7 @@ IN_BAND_NO_PARAMETER: Final = be.error_response(
 InBandCheck = Callable[[str], tuple[str, str]]
 
 # The proxy's in-band statements (see Relay._in_band_statements): reserved names.
-_IN_BAND_NAME: Final = RESERVED_NAME_PREFIX.encode() + b"ib_"
+_EMPTY_UNNAMED_PARSE: Final = fe.parse("", "")
 _QUERY_SWITCH: Final = RESERVED_NAME_PREFIX + "ib_query"  # the simple protocol's switch statement
 
 
@@ -235,10 +241,6 @@ class Relay:
         # never exists on the server with it. Binds carry the token and are rewritten to bind the
         # proxy's statement with the verified payload; Describe and Close are pointed at it.
         self._in_band_statements: dict[bytes, tuple[InBand, bytes]] = {}
-        self._in_band_count = 0
-        # The proxy's in-band statements no client name maps to any more (an unnamed one replaced):
-        # closed with the next prefix, whose replies are dropped anyway.
-        self._retired: list[bytes] = []
         self._switched = False  # an in-band switch was sent: later prefixes may need to keep one
         # The transaction going on (or the next one) has no context yet: its statements so far
         # needed none (BEGIN, SET TRANSACTION: guard_fast.NO_CONTEXT), or the last one ended it
@@ -345,6 +347,8 @@ class Relay:
                     to_server.append(self._inject(server, self._open))
                 batch = self._open
                 assert batch is not None
+                if flow & _TAGS:
+                    batch.retag(batch.executes, b"SET" if flow & _TAG_SET else b"RESET")
                 batch.executes += 1
                 self._since_execute = 0
                 if flow & ENDS:
@@ -423,9 +427,6 @@ class Relay:
             self._owed = True
         if prefixed:
             self._owed = False
-            if self._retired:
-                to_server.append(b"".join(_close_statement(name) for name in self._retired))
-                self._retired.clear()
             # Behind unanswered messages, after this session switched in-band, the transaction
             # may hold a switch: use the context statement that keeps it.
             keeping = self._switched and bool(server.pending)
@@ -466,8 +467,7 @@ class Relay:
         self._syncs_after_execute = 0
         self.statements += 1
         if action == "in_band":
-            assert verdict.in_band is not None
-            self._in_band_query(server, verdict.in_band, to_server)
+            self._in_band_query(server, sql, verdict, to_server)
             return
         if self._on_statement is not None:
             self._on_statement(sql)
@@ -520,32 +520,47 @@ class Relay:
         self._open_batch(server, to_server, context=True, leads=leading > 0)
         entry = self._open
         assert entry is not None
-        entry.translated = True
+        entry.translated = entry.watch = True
         if translation is None:
             to_server += (parse_head(len(sql)), sql, PARSE_TAIL_SYNC)
         else:
             entry.offsets = translation.offsets
-            starts = translation.starts
             # The prefix goes after the statements that need no context, and again after a COMMIT
             # (or ROLLBACK TO SAVEPOINT, ...) before the next statement that needs it.
             positions = verdict.reapply
-            if self._owed and starts is not None and leading < len(starts):
+            if self._owed and translation.starts is not None and leading < len(translation.starts):
                 positions = (leading, *positions)
-            if starts is None or not positions:
-                to_server.append(translation.messages)
-            else:
-                messages = translation.messages
-                cut = 0
-                for position in positions:
-                    to_server += (messages[cut : starts[position]], self._inject(server, entry, position))
-                    cut = starts[position]
-                to_server.append(messages[cut:])
+            to_server += self._spliced(server, entry, translation, positions)
             if translation.copy_in:
                 entry.deferred_sync = True
                 self._copy_entry = entry
             else:
                 to_server.append(fe.SYNC)
         self._end_batch(server)
+
+    def _spliced(
+        self,
+        server: ServerState,
+        entry: Pending,
+        translation: Translation,
+        positions: tuple[int, ...],
+        first: bytes | None = None,
+    ) -> Chunks:
+        """A translation's messages with the context prefix before the statements at `positions`,
+        and `first` in place of the first statement's messages when given."""
+        messages, starts = translation.messages, translation.starts
+        if starts is None:
+            return [messages if first is None else first]
+        chunks: Chunks = []
+        cut = 0
+        if first is not None:
+            chunks.append(first)
+            cut = starts[1]
+        for position in positions:
+            chunks += (messages[cut : starts[position]], self._inject(server, entry, position))
+            cut = starts[position]
+        chunks.append(messages[cut:])
+        return chunks
 
     # -- in-band identity ---------------------------------------------------------------------
     def _switch(self, switch: InBand, token: str) -> tuple[str, str]:
@@ -561,13 +576,23 @@ class Relay:
             self.prefix = context.context_prefix(role, claims)
         return role, claims
 
-    def _in_band_query(self, server: ServerState, switch: InBand, to_server: Chunks) -> None:
-        """Simple protocol: the proxy's own statement, translated, with the reply the client expects."""
+    def _in_band_query(self, server: ServerState, sql: bytes, verdict: Verdict, to_server: Chunks) -> None:
+        """Simple protocol: the proxy's own statement, translated, with the reply the client expects;
+        statements after it in the same query string run in the transaction it switched."""
+        switch = verdict.in_band
+        assert switch is not None
         if self._in_band is None:
             self._refuse_query(server, "in_band_disabled", IN_BAND_DISABLED, to_server)
             return
         if switch.param is not None:
             self._refuse_query(server, "in_band_unsupported", IN_BAND_NO_PARAMETER, to_server)
+            return
+        if self._open is not None:  # behind unsynced extended messages: not one transaction with them
+            self._refuse_query(server, "in_band_unsupported", IN_BAND_AFTER_UNSYNCED, to_server)
+            return
+        translation = None if single_statement(sql) else self._classifier.translation(sql)
+        if translation is not None and translation.copy_not_last:
+            self._refuse_query(server, "copy_not_last", COPY_NOT_LAST_REFUSED, to_server)
             return
         token = switch.literal or ""
         try:
@@ -583,14 +608,24 @@ class Relay:
             messages += fe.bind(_QUERY_SWITCH, value) + DESCRIBE_UNNAMED_PORTAL
         else:
             messages = _QUERY_SWITCH_HEAD + _parse_query_switch(SET_SQL) + fe.bind(_QUERY_SWITCH, value)
+        messages += fe.execute()
         self._open_batch(server, to_server, context=False)
         entry = self._open
         assert entry is not None
-        entry.translated = True
+        entry.translated = entry.watch = True
         tag = switch.tag
         if tag is not None:
-            entry.tag = be.message(codes.COMMAND_COMPLETE, tag + b"\0")
-        to_server.append(messages + fe.execute() + fe.SYNC)
+            entry.retag(0, tag)
+        if translation is None:
+            to_server.append(messages + fe.SYNC)
+        else:
+            entry.offsets = translation.offsets
+            to_server += self._spliced(server, entry, translation, verdict.reapply, first=messages)
+            if translation.copy_in:
+                entry.deferred_sync = True
+                self._copy_entry = entry
+            else:
+                to_server.append(fe.SYNC)
         self._end_batch(server)
 
     def _in_band_parse(
@@ -599,33 +634,36 @@ class Relay:
         if self._in_band is None:
             self._refuse_extended(server, "in_band_disabled", IN_BAND_DISABLED, to_server)
             return
-        if switch.form != "set_config":
-            self._refuse_extended(server, "in_band_unsupported", IN_BAND_EXTENDED_SET, to_server)
-            return
         if name and name in self._in_band_statements:
             self._refuse_extended(server, "statement_exists", _already_exists(name), to_server)
             return
-        self._retire(name)  # the unnamed statement is replaced, as Postgres replaces it
-        if self._open is None:
-            self._open_batch(server, to_server, context=True)
+        if self._open is None:  # the switch is the transaction's context: no prefix before it
+            self._open_batch(server, to_server, context=True, leads=True)
+        entry = self._open
+        assert entry is not None
         # Same parameter type as the client declared for its $1 (a literal token has none).
         types = fe.parse_param_types(body)[:1] if switch.param is not None else ()
-        self._in_band_count += 1
-        server_name = b"%s%d" % (_IN_BAND_NAME, self._in_band_count)
+        sql = SET_CONFIG_SQL if switch.form == "set_config" else SET_SQL
+        if name:  # the client may keep it as long as it likes: a statement of its own
+            server_name = server.switch_name()
+        else:  # replaced at every Parse: one statement per shape serves them all
+            server_name = server.switch_statements.get((sql, types), b"")
+            if server_name:
+                # Exists: the client's Parse still needs its ParseComplete, and its unnamed statement
+                # replaced, as Postgres would replace it (by an empty one: Binds of it are rewritten).
+                self._in_band_statements[name] = (switch, server_name)
+                to_server.append(_EMPTY_UNNAMED_PARSE)
+                return
+            server_name = server.switch_name()
+            server.switch_statements[(sql, types)] = server_name
+            entry.creates = entry.watch = True  # an error in this batch: unsure it was prepared
         self._in_band_statements[name] = (switch, server_name)
-        to_server.append(fe.parse(server_name.decode(), SET_CONFIG_SQL, types))
-
-    def _retire(self, name: bytes) -> None:
-        """The client's name no longer means its in-band statement: the proxy's goes at the next prefix."""
-        found = self._in_band_statements.pop(name, None)
-        if found is not None:
-            self._retired.append(found[1])
+        to_server.append(fe.parse(server_name.decode(), sql, types))
 
     def _forget_statements(self, server: ServerState) -> None:
         """DISCARD ALL or DEALLOCATE ALL: every prepared statement is gone, the proxy's too."""
         server.forget_context()
         self._in_band_statements.clear()
-        self._retired.clear()
         self._flows.clear()
         self._portal_flows.clear()
 
@@ -639,7 +677,7 @@ class Relay:
         else:
             token = switch.literal or ""
         if self._open is None:
-            self._open_batch(server, to_server, context=True)
+            self._open_batch(server, to_server, context=True, leads=True)
         try:
             role, claims = self._switch(switch, token)
         except ProxyError as exc:
@@ -649,6 +687,8 @@ class Relay:
         value = payload(role, claims, token).encode()
         bind = parts._replace(statement=server_name, param_formats=(), params=(value,))
         to_server.append(fe.build_bind(bind))
+        if switch.form != "set_config":  # the proxy's SELECT answers "SELECT 0": the client sees SET
+            self._portal_flows[parts.portal] = NO_CONTEXT | (_TAG_SET if switch.form == "set" else _TAG_RESET)
 
     def _forwards_unchanged(self, t: int, data: bytes, pos: int, end: int) -> bool:
         """The common case, decided on the raw bytes: this message goes upstream exactly as it came.
@@ -708,7 +748,7 @@ class Relay:
                 if name:  # Postgres refuses a second statement under a name in use
                     self._refuse_extended(server, "statement_exists", _already_exists(name), to_server)
                     return
-                self._retire(name)
+                del self._in_band_statements[name]
             if verdict.flow:
                 self._flows[name] = verdict.flow
             elif self._flows:
@@ -770,6 +810,7 @@ class Relay:
         assert entry is not None
         if entry.replacement is None:
             entry.replacement = error
+            entry.watch = True
         to_server.append(context.REFUSAL_PARSE)
         self._refused(rule)
 
@@ -781,6 +822,7 @@ class Relay:
         entry.needs_sync = True
         if entry.replacement is None:
             entry.replacement = error
+            entry.watch = True
         to_server.append(context.REFUSAL_QUERY)
         if entry.prefix_failed:
             to_server.append(fe.SYNC)

@@ -57,6 +57,7 @@ _ASYNC: Final = frozenset((codes.NOTICE_RESPONSE, codes.NOTIFICATION_RESPONSE, c
 # Reads at least this long are sliced through a memoryview (no copies); shorter ones, most replies,
 # as bytes: copying a few hundred bytes costs less than making the view and a view per slice.
 VIEW_AT: Final = 2048
+_SWITCH_NAME: Final = context.RESERVED_PREFIX.encode() + b"ib_"
 # Upper bound on one server message; DataRows of 1 GB fields exist, the framing only needs a sanity cap.
 MAX_SERVER_MESSAGE: Final = 1 << 31
 
@@ -72,6 +73,10 @@ class ServerState:
         self.ctx = CTX_UNPREPARED  # the plain context statement (see context.py)
         self.ctx_keeping = CTX_UNPREPARED  # the one that keeps an in-band switch
         self.pending: deque[Pending] = deque()
+        # The proxy's in-band switch statements that serve a client's unnamed in-band statement,
+        # by (SQL, parameter types): prepared once per server connection (relay._in_band_parse).
+        self.switch_statements: dict[tuple[str, tuple[int, ...]], bytes] = {}
+        self._switch_count = 0
         self._carry: Carry | None = None  # what the last read left: see wire.framing.Carry
         # The last successful prefix's replies (BindComplete, its DataRow, CommandComplete), byte
         # for byte. The same identity gets the same bytes every transaction: one comparison skips
@@ -131,9 +136,7 @@ class ServerState:
                         )
                 elif t == codes.PARAMETER_STATUS:  # forwarded, and noted (pinned settings: raises)
                     self._note_parameter(data[pos + 5 : end])
-                elif head is not None and (
-                    head.translated or head.replacement is not None or head.inject_at >= 0
-                ):
+                elif head is not None and head.watch:
                     if head.inject_at == head.stmt_index and head.inject_skip and t in _MESSAGE_REPLIES:
                         head.inject_skip -= 1  # the client's, sent before the prefix went in
                         swallow = not head.inject_skip
@@ -163,7 +166,11 @@ class ServerState:
                             to_client.append(view[fwd:pos])
                         to_client.append(self._client_error(head, data[pos:end]))
                         fwd = end
-                        head.inject_at = -1  # Postgres skips the rest of the batch, a prefix in it too
+                        if head.inject_at >= 0:  # Postgres skips the rest of the batch: a prefix
+                            head.inject_at = -1  # in it too, with the Parse of its statement if any
+                            self.forget_context()
+                        if head.creates:  # the proxy's statement may not have been prepared
+                            self.switch_statements.clear()
                         if head.deferred_sync:  # a COPY FROM STDIN that failed: Postgres waits
                             head.deferred_sync = False  # for a Sync, ignoring COPY data until then
                             to_server.append(fe.SYNC)
@@ -174,7 +181,7 @@ class ServerState:
                     ):
                         head.stmt_index += 1  # one per client Execute (or statement of a Query)
                         swallow = head.inject_at == head.stmt_index and not head.inject_skip
-                        if head.tag is not None:
+                        if head.tag_at == head.stmt_index - 1 and head.tag is not None:
                             if fwd < pos:
                                 to_client.append(view[fwd:pos])
                             to_client.append(head.tag)
@@ -305,6 +312,12 @@ class ServerState:
     def forget_context(self, state: int = CTX_UNKNOWN) -> None:
         """The context statements may be gone (DISCARD ALL, DEALLOCATE ALL, a failed prefix)."""
         self.ctx = self.ctx_keeping = state
+        self.switch_statements.clear()
+
+    def switch_name(self) -> bytes:
+        """A new reserved name for a statement of the proxy's on this connection."""
+        self._switch_count += 1
+        return b"%s%d" % (_SWITCH_NAME, self._switch_count)
 
     def internal(self, messages: bytes, on_done: Callable[[Pending], None] | None = None) -> bytes:
         """Queue the proxy's own exchange (which must end with Sync or a Query); return its bytes."""

@@ -128,19 +128,57 @@ def test_disabled_in_band(make_proxy: Any, pg: Any) -> None:
             conn.execute("select set_config('rlsproxy.jwt', %s, true)", [token_for(ALICE)])
 
 
-def test_set_in_extended_protocol_is_refused_with_advice(proxy: RunningProxy) -> None:
+@pytest.mark.parametrize("name", ["", "s1"])
+def test_set_local_in_the_extended_protocol(proxy: RunningProxy, name: str) -> None:
+    """psycopg sends a repeated statement as a named prepared statement after five executions: the
+    SET forms work in the extended protocol too, named or unnamed, with the reply SET gets."""
     from rlsproxy.wire import frontend as fe
-    from tests.support.rawpg import RawConnection, error_fields
+    from tests.support.rawpg import RawConnection
 
     raw = RawConnection(proxy.port, {"user": "app", "database": "app", "rlsproxy.jwt": ""})
     try:
         sql = f"SET LOCAL rlsproxy.jwt = '{token_for(ALICE)}'"
-        raw.send(fe.parse("", sql) + fe.bind("", ()) + fe.execute() + fe.SYNC)
-        replies = raw.until_ready()
-        assert [t for t, _ in replies] == ["E", "Z"]
-        fields = error_fields(replies[0])
-        assert fields["C"] == "0A000" and "simple query protocol" in fields["M"]
+        raw.send(fe.query("BEGIN") + fe.parse(name, sql) + fe.bind(name, ()) + fe.execute() + fe.SYNC)
+        replies = raw.until_ready(2)
+        assert [t for t, _ in replies] == ["C", "Z", "1", "2", "C", "Z"]
+        assert replies[4][1] == b"SET\x00"
         raw.send(fe.query(WHO))
+        assert next(body for t, body in raw.until_ready() if t == "D").endswith(
+            b"authenticated\x00\x00\x00\x013"
+        )
+        raw.send(fe.query("COMMIT") + fe.query(WHO))
+        assert next(body for t, body in raw.until_ready(2) if t == "D").endswith(b"anon\x00\x00\x00\x012")
+    finally:
+        raw.close()
+
+
+def test_psycopg_prepares_the_repeated_switch_and_it_keeps_working(proxy: RunningProxy) -> None:
+    """The sixth identical SET LOCAL goes out as a named statement (prepare_threshold 5)."""
+    with anonymous(proxy) as conn:
+        for i in range(20):
+            user = (ALICE, BOB)[i % 2]
+            conn.execute(f"SET LOCAL rlsproxy.jwt = '{token_for(user)}'")
+            assert conn.execute(WHO).fetchone() == (user, "authenticated", 3)
+            conn.commit()
+            assert conn.execute(WHO).fetchone() == ANON_VIEW
+            conn.commit()
+        prepared = conn.execute("select count(*) from pg_prepared_statements where not from_sql").fetchone()
+        assert prepared is not None and prepared[0] >= 1  # the driver did prepare
+
+
+def test_a_switch_may_lead_a_multi_statement_query(proxy: RunningProxy) -> None:
+    """pgx's simple protocol sends a batch as one query string: the switch applies to what follows."""
+    from rlsproxy.wire import frontend as fe
+    from tests.support.rawpg import RawConnection
+
+    raw = RawConnection(proxy.port, {"user": "app", "database": "app", "rlsproxy.jwt": ""})
+    try:
+        raw.send(fe.query(f"select set_config('rlsproxy.jwt', '{token_for(BOB)}', true); {WHO}"))
+        rows = [body for t, body in raw.until_ready() if t == "D"]
+        assert (
+            len(rows) == 2 and rows[1].endswith(b"authenticated\x00\x00\x00\x013") and BOB.encode() in rows[1]
+        )
+        raw.send(fe.query(WHO))  # the switch was local to that query's transaction
         assert next(body for t, body in raw.until_ready() if t == "D").endswith(b"anon\x00\x00\x00\x012")
     finally:
         raw.close()

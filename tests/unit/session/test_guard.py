@@ -53,7 +53,13 @@ REFUSED: list[tuple[str, str, str]] = [
     ("do $$ begin perform set_config('rlsproxy.jwt', 'x', true); end $$", "protected_set_config", PRIV),
     ("SET rlsproxy.jwt = 1", "protected_setting", PRIV),
     ("select 1; set local rlsproxy.jwt = 'x'", "in_band_in_batch", "0A000"),
-    ("select set_config('rlsproxy.jwt', 'x', true); select 1", "in_band_in_batch", "0A000"),
+    (
+        "select set_config('rlsproxy.jwt', 'x', true); select 1; "
+        "select set_config('rlsproxy.jwt', 'y', true)",
+        "in_band_in_batch",
+        "0A000",
+    ),
+    ("select set_config('rlsproxy.jwt', 'x', true); set role anon", "set_role", PRIV),
     ("set RLSPROXY.anything to 1", "protected_setting", PRIV),
     ("ALTER ROLE me SET role = 'x'", "protected_setting", PRIV),
     ("ALTER USER me SET request.jwt.claims = '{}'", "protected_setting", PRIV),
@@ -432,6 +438,15 @@ def test_refused(sql: str, rule: str, code: str) -> None:
     verdict = classify(sql)
     assert (verdict.action, verdict.rule, verdict.sqlstate) == ("refuse", rule, code), verdict
     assert verdict.message is not None and verdict.message.startswith("rlsproxy: ")
+
+
+def test_an_in_band_switch_may_lead_a_query_string() -> None:
+    """pgx's simple protocol sends a batch as one string: the switch applies to what follows."""
+    verdict = classify(
+        "select set_config('rlsproxy.jwt', 'tok', true); select * from notes; commit; select 1"
+    )
+    assert verdict.action == "in_band" and verdict.in_band is not None and verdict.in_band.literal == "tok"
+    assert (verdict.leading, verdict.reapply) == (1, (3,))
 
 
 @pytest.mark.parametrize(

@@ -252,9 +252,9 @@ def test_keeping_statement_only_behind_unanswered_messages_after_a_switch() -> N
     upstream, _ = from_client(
         relay2, extended("select set_config('rlsproxy.jwt', $1, true)", "token") + extended("select 2")
     )
-    # The switch itself went behind the plain prefix (nothing was pending); the next batch is
-    # pipelined behind it, so its prefix is the one that keeps the switch.
-    assert upstream.index(PREFIX.plain) < upstream.index(PREFIX.keeping)
+    # The switch is the transaction's context: no prefix before it; the next batch is pipelined
+    # behind it, so its prefix is the one that keeps the switch.
+    assert PREFIX.plain not in upstream
     assert upstream.count(PREFIX.keeping) == 1
 
 
@@ -262,8 +262,7 @@ def test_in_band_parse_and_bind_are_rewritten_with_the_verified_payload() -> Non
     relay, _ = make_relay(in_band=True)
     upstream, _ = from_client(relay, extended("select set_config('rlsproxy.jwt', $1, true)", "the-token"))
     expected = (
-        PREFIX.plain
-        + fe.parse("rlsproxy_ib_1", SET_CONFIG_SQL)  # no type declared by the client: none declared for it
+        fe.parse("rlsproxy_ib_1", SET_CONFIG_SQL)  # no type declared by the client: none declared for it
         + fe.bind("rlsproxy_ib_1", (payload("authenticated", '{"sub":"b"}', "the-token"),))
         + DESCRIBE_PORTAL
         + fe.execute()
@@ -320,15 +319,22 @@ def test_a_name_in_use_by_an_in_band_statement_is_refused_as_postgres_would() ->
     assert context.REFUSAL_PARSE in upstream and b"select 1" not in upstream
 
 
-def test_a_replaced_unnamed_switch_statement_is_closed_with_the_next_prefix() -> None:
+def test_an_unnamed_switch_statement_is_prepared_once_per_server_connection() -> None:
+    """psycopg sends its first executions unnamed, one Parse per transaction: the proxy's statement
+    is prepared once and the client's Parse gets its ParseComplete from an empty unnamed one."""
     relay, state = make_relay(in_band=True)
-    state.ctx = CTX_PREPARED
     switch = "select set_config('rlsproxy.jwt', $1, true)"
-    from_client(relay, extended(switch, "tok"))
+    first, _ = from_client(relay, extended(switch, "tok"))
+    assert fe.parse("rlsproxy_ib_1", SET_CONFIG_SQL) in first
     state.pending.clear()  # (replies not played here: the batch is simply over)
-    upstream, _ = from_client(relay, extended(switch, "tok"))  # the unnamed statement again
-    assert upstream.startswith(be.message(codes.CLOSE, b"Srlsproxy_ib_1\0") + PREFIX.plain)
-    assert fe.parse("rlsproxy_ib_2", SET_CONFIG_SQL) in upstream
+    again, _ = from_client(relay, extended(switch, "tok"))
+    assert again.startswith(
+        fe.parse("", "") + fe.bind("rlsproxy_ib_1", (payload("authenticated", '{"sub":"b"}', "tok"),))
+    )
+    assert SET_CONFIG_SQL.encode() not in again
+    state.pending.clear()
+    state.forget_context()  # e.g. DISCARD ALL: prepared again
+    assert fe.parse("rlsproxy_ib_2", SET_CONFIG_SQL) in from_client(relay, extended(switch, "tok"))[0]
 
 
 @pytest.mark.parametrize(
