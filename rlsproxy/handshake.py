@@ -64,9 +64,9 @@ def credentials_now(conn: ClientConnection) -> tuple[ClientStartup, str | None] 
     """
     while True:
         inbox = conn.inbox
-        if len(inbox) < 8:
+        if len(inbox) < 4:
             return MORE_BYTES
-        length = startup_packet_length(inbox)
+        length = startup_packet_length(inbox)  # a length Postgres refuses fails now, not at the timeout
         if len(inbox) < length:
             return MORE_BYTES
         if inbox[4:8] == _CANCEL_CODE:

@@ -20,7 +20,7 @@ from rlsproxy.audit import AuditUnavailable
 from rlsproxy.auth.identity import BypassDenied, Identity
 from rlsproxy.auth.startup import ClientStartup
 from rlsproxy.bypass import BypassTrail, record_denied
-from rlsproxy.errors import AuthError, ProxyError
+from rlsproxy.errors import AuthError, ProtocolViolation, ProxyError
 from rlsproxy.handshake import MORE_BYTES, Cancelled, client_credentials, credentials_now
 from rlsproxy.pool import ServerConnection, settings_exchange, settings_messages
 from rlsproxy.proxy import Greeting, GreetingKey
@@ -113,6 +113,12 @@ class ClientConnection(asyncio.Protocol):
         to_client: Chunks = []
         try:
             relay.feed_client(data, to_server, to_client)
+        except ProtocolViolation as violation:  # a header Postgres refuses (wrong type or length)
+            self._client_broke_protocol(violation.message)
+            return
+        except fe.MalformedMessage as malformed:  # a body without its type's layout
+            self._client_broke_protocol(str(malformed))
+            return
         except ProxyError as exc:
             self.abort(exc.sqlstate, exc.message, hint=exc.hint)
             return
@@ -208,6 +214,14 @@ class ClientConnection(asyncio.Protocol):
         """Close the server connection for good: its state is not what the proxy believes."""
         if self.server is not None:
             self.server.close()
+
+    def _client_broke_protocol(self, why: str) -> None:
+        """Bad client input, not a proxy fault: FATAL 08P01 and close, as Postgres answers a message
+        it cannot read. The server connection goes too: what of the client's bytes reached it (the
+        start of a message passed on as it came, messages before it) is not known for sure."""
+        log.warning("closing a client that broke the protocol: %s", why, extra={"peer": self.peer})
+        self._drop_server()
+        self.abort(sqlstate.PROTOCOL_VIOLATION, why)
 
     def abort(self, code: str, message: str, *, hint: str | None = None) -> None:
         """Send a FATAL ErrorResponse and close."""

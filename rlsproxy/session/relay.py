@@ -298,9 +298,13 @@ class Relay:
         while n - pos >= 5:
             t, length = header(data, pos)
             end = pos + 1 + length
+            if length > fe.SMALL_MESSAGE_LIMIT and t not in fe.LARGE_TYPES:  # refused at its header
+                raise ProtocolViolation(fe.header_error(t, length))
             if length < 4 or length > largest:
                 self._check_length(t, length, data, pos, min(end, n))
             if end > n:
+                if t not in fe.KNOWN_TYPES:  # as Postgres: refused before its body (a whole one: below)
+                    raise ProtocolViolation(fe.header_error(t, length))
                 # Large COPY data, or a large Bind whose names (at its start) show it goes unchanged:
                 # pass on what came, not wait for all of it.
                 if length >= STREAM_AT:
