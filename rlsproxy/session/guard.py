@@ -22,8 +22,8 @@ from typing import Any, Final, Literal
 from pglast import ast, enums
 from pglast.parser import ParseError
 
-from rlsproxy.session.guard_fast import ENDS, NO_CONTEXT, plain_flow, plainly_allowed
-from rlsproxy.session.guard_plpgsql import DynamicExecute, Unanalysable, embedded_sql
+from rlsproxy.session.guard_fast import ATOMIC, ENDS, NO_CONTEXT, plain_flow, plainly_allowed
+from rlsproxy.session.guard_plpgsql import DynamicExecute, Unanalysable, controls_transactions, embedded_sql
 from rlsproxy.session.guard_support import needs_no_transaction, parse
 from rlsproxy.session.in_band import InBand, recognise
 from rlsproxy.wire import pinned, sqlstate
@@ -165,19 +165,33 @@ def classify(sql: str, *, fast: bool = True) -> Verdict:
         isinstance(raw.stmt, ast.VariableSetStmt) and raw.stmt.kind == _VAR_RESET_ALL for raw in raws
     )
     if len(raws) <= 1:
-        flow = statement_flow(raws[0].stmt) if raws else 0
-        return _RESET_ALL if reset_all else _ALLOW_BY_FLOW[flow]
-    several = _several(raws, "reset_all" if reset_all else "allow")
+        flow = statement_flow(raws[0].stmt, sql) if raws else 0
+        if reset_all:
+            return _RESET_ALL
+        return _ALLOW_BY_FLOW.get(flow) or Verdict("allow", flow=flow, leading=int(flow & NO_CONTEXT != 0))
+    several = _several(raws, sql, "reset_all" if reset_all else "allow")
     if switch is not None:  # first: it sets the context the statements after it run in
         return replace(several, action="in_band", in_band=switch)
     return several
 
 
-def _several(raws: Any, action: Action) -> Verdict:
+def _several(raws: Any, sql: str, action: Action) -> Verdict:
     """Where the context goes in a text of several statements: after the leading ones that need
     none, and again before the first that needs it after each one that ends it (COMMIT; SELECT
-    runs the SELECT in a new transaction, ROLLBACK TO SAVEPOINT undoes a context set after it)."""
-    flows = [statement_flow(raw.stmt) for raw in raws]
+    runs the SELECT in a new transaction, ROLLBACK TO SAVEPOINT undoes a context set after it).
+    ATOMIC only where such a statement is not inside a block the same text opened (BEGIN; CALL)."""
+    flows = [statement_flow(raw.stmt, _statement_text(sql, raw)) for raw in raws]
+    atomic = 0
+    in_block = False
+    for raw, flow in zip(raws, flows, strict=True):
+        stmt = raw.stmt
+        if isinstance(stmt, ast.TransactionStmt):
+            if stmt.kind in _STARTS:
+                in_block = True
+            elif stmt.kind in _CLOSES and not stmt.chain:
+                in_block = False
+        if flow & ATOMIC and not in_block:
+            atomic = ATOMIC
     leading = next((i for i, flow in enumerate(flows) if not flow & NO_CONTEXT), len(flows))
     reapply: list[int] = []
     owed = leading == len(flows) and any(flow & ENDS for flow in flows)
@@ -186,18 +200,19 @@ def _several(raws: Any, action: Action) -> Verdict:
             reapply.append(index)
             owed = False
         owed = owed or flows[index] & ENDS != 0
-    if action == "allow" and leading == 0 and not reapply and not owed:
+    if action == "allow" and leading == 0 and not reapply and not owed and not atomic:
         return ALLOW
-    return Verdict(action, flow=ENDS if owed else 0, leading=leading, reapply=tuple(reapply))
+    return Verdict(action, flow=(ENDS if owed else 0) | atomic, leading=leading, reapply=tuple(reapply))
 
 
 _VAR_RESET_ALL: Final = enums.VariableSetKind.VAR_RESET_ALL
 _TRANS: Final = enums.TransactionStmtKind
 _STARTS: Final = frozenset({_TRANS.TRANS_STMT_BEGIN, _TRANS.TRANS_STMT_START})
 _WITHIN: Final = frozenset({_TRANS.TRANS_STMT_SAVEPOINT, _TRANS.TRANS_STMT_RELEASE})
+_CLOSES: Final = frozenset({_TRANS.TRANS_STMT_COMMIT, _TRANS.TRANS_STMT_ROLLBACK, _TRANS.TRANS_STMT_PREPARE})
 
 
-def statement_flow(stmt: Any) -> int:
+def statement_flow(stmt: Any, text: str = "") -> int:
     """Where one statement stands in a transaction (guard_fast.NO_CONTEXT, ENDS).
 
     SAVEPOINT and RELEASE need the context (set before the savepoint, a ROLLBACK TO keeps it);
@@ -209,6 +224,10 @@ def statement_flow(stmt: Any) -> int:
         return 0 if stmt.kind in _WITHIN else NO_CONTEXT | ENDS
     if recognise(stmt) is not None:  # an in-band switch: it is the context (in_band.py)
         return NO_CONTEXT
+    if isinstance(stmt, ast.CallStmt):
+        return ATOMIC
+    if isinstance(stmt, ast.DoStmt) and _do_language(stmt) == "plpgsql":
+        return ATOMIC if controls_transactions(text) else 0
     if isinstance(stmt, ast.VariableSetStmt):  # SET TRANSACTION, SET LOCAL, RESET: no data read
         return NO_CONTEXT | ENDS if stmt.kind == _VAR_RESET_ALL else NO_CONTEXT
     return 0
@@ -432,6 +451,13 @@ def _settings_view_write(
         "writing to pg_settings is not allowed: it changes settings as set_config() does",
         "use SET for the settings a client may change",
     )
+
+
+def _do_language(node: ast.DoStmt) -> str:
+    for option in node.args or ():
+        if isinstance(option, ast.DefElem) and option.defname == "language":
+            return _string_value(option.arg).lower()
+    return "plpgsql"
 
 
 def _body(node: ast.DoStmt | ast.CreateFunctionStmt, scope: _Scope) -> Verdict | None:

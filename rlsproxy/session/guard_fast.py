@@ -65,6 +65,10 @@ _SEMICOLON: Final = "ASCII_59"
 # context is gone (COMMIT, ROLLBACK, ROLLBACK TO SAVEPOINT, AND CHAIN, RESET ALL): owed again.
 NO_CONTEXT: Final = 1
 ENDS: Final = 2
+# ATOMIC: the statement may end its transaction from inside (a CALL of a procedure, a DO block with
+# COMMIT, ROLLBACK or CALL): the rest of it would run without the context. Postgres forbids that
+# inside an explicit transaction block, so it runs only there (relay: refused elsewhere).
+ATOMIC: Final = 4
 _FLOW_BY_TOKEN: Final = {
     "BEGIN_P": NO_CONTEXT,
     "START": NO_CONTEXT,

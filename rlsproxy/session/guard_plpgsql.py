@@ -18,7 +18,7 @@ from typing import Any
 import pglast
 from pglast.parser import ParseError, scan
 
-__all__ = ["DynamicExecute", "Unanalysable", "embedded_sql"]
+__all__ = ["DynamicExecute", "Unanalysable", "controls_transactions", "embedded_sql"]
 
 # RawParseMode (src/include/parser/parser.h) of a PLpgSQL_expr.
 _RAW_PARSE_DEFAULT = 0  # a whole SQL statement
@@ -121,3 +121,27 @@ def _split_assignment(query: str) -> tuple[str, str]:
                 return target, value
             break
     raise Unanalysable("a PL/pgSQL assignment without an assignment operator")
+
+
+# Statements that end the transaction a non-atomic DO block runs in (a CALL may too, in its body).
+_TRANSACTION_CONTROL = frozenset({"PLpgSQL_stmt_commit", "PLpgSQL_stmt_rollback", "PLpgSQL_stmt_call"})
+
+
+def controls_transactions(statement: str) -> bool:
+    """Whether a PL/pgSQL DO block may COMMIT or ROLLBACK (itself or in a procedure it CALLs).
+
+    Unparseable bodies answer True: the guard refuses them anyway, and this must not say "safe".
+    """
+    try:
+        pending: list[Any] = list(pglast.parse_plpgsql(statement))
+    except ParseError:
+        return True
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            if not _TRANSACTION_CONTROL.isdisjoint(item):
+                return True
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False

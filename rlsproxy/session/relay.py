@@ -21,7 +21,7 @@ from rlsproxy.errors import ProtocolViolation, ProxyError
 from rlsproxy.session import context
 from rlsproxy.session.expected import CLIENT, PREFIX_ENTRY, Pending
 from rlsproxy.session.guard import RESERVED_NAME_PREFIX, Guard, Verdict
-from rlsproxy.session.guard_fast import ENDS, NO_CONTEXT, plain_flow, plain_text_allows
+from rlsproxy.session.guard_fast import ATOMIC, ENDS, NO_CONTEXT, plain_flow, plain_text_allows
 from rlsproxy.session.in_band import SET_CONFIG_SQL, SET_SQL, InBand, payload
 from rlsproxy.session.server import VIEW_AT, Chunks, ServerState, Slice
 from rlsproxy.session.simple import (
@@ -44,8 +44,8 @@ _FORWARD_ONLY: Final = frozenset((codes.FLUSH,))
 _EXTENDED: Final = frozenset((codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE))
 _PORTAL: Final = ord("P")
 # Portal flow bits beyond guard_fast's: an in-band SET or RESET, whose CommandComplete is replaced.
-_TAG_SET: Final = 4
-_TAG_RESET: Final = 8
+_TAG_SET: Final = 16
+_TAG_RESET: Final = 32
 _TAGS: Final = _TAG_SET | _TAG_RESET
 _STATEMENT: Final = ord("S")
 _RESERVED: Final = RESERVED_NAME_PREFIX.encode()
@@ -159,6 +159,12 @@ IN_BAND_DISABLED: Final = be.error_response(
     "rlsproxy: in-band identity switching is disabled (jwt.in_band: false)",
     hint="connect with the token in the startup packet instead",
 )
+NEEDS_BLOCK: Final = be.error_response(
+    sqlstate.FEATURE_NOT_SUPPORTED,
+    "rlsproxy: CALL (and a DO block with COMMIT, ROLLBACK or CALL) runs only inside a transaction "
+    "block: a COMMIT in the procedure would run the rest of it without the RLS context",
+    hint="send BEGIN first (in a query of its own, or in the same query string before it)",
+)
 IN_BAND_AFTER_UNSYNCED: Final = be.error_response(
     sqlstate.FEATURE_NOT_SUPPORTED,
     "rlsproxy: an in-band identity switch in a simple query cannot follow unsynced "
@@ -254,6 +260,7 @@ class Relay:
         # Replies the client's Parse/Bind/Describe/Close since its last Execute in the open batch
         # will get: a prefix put in before the next Execute comes after them (Pending.inject_skip).
         self._since_execute = 0
+        self._in_block = False  # the open batch began inside an explicit transaction block
         self._carry: Carry | None = None  # what the last read left: see wire.framing.Carry
         self._open: Pending | None = None  # the client batch not yet ended by Sync/Query
         self._syncs_after_execute = 0
@@ -343,6 +350,12 @@ class Relay:
                 if self._portal_flows:
                     nul = data.find(0, pos + 5, end)
                     flow = self._portal_flows.get(data[pos + 5 : nul], 0) if nul > 0 else 0
+                in_block = self._in_block if self._open is not None else self._surely_in_block(server)
+                if flow & ATOMIC and not in_block:
+                    fwd = self._flush(view, fwd, pos, to_server)
+                    self._refuse_extended(server, "needs_transaction_block", NEEDS_BLOCK, to_server)
+                    fwd = pos = end
+                    continue
                 if self._open is None:
                     fwd = self._flush(view, fwd, pos, to_server)
                     self._open_batch(server, to_server, context=True, leads=flow & NO_CONTEXT != 0)
@@ -357,6 +370,7 @@ class Relay:
                 self._since_execute = 0
                 if flow & ENDS:
                     self._owed = True
+                    self._in_block = False
                 self._syncs_after_execute = 0
                 self.statements += 1
                 if self._on_statement is not None:
@@ -425,6 +439,7 @@ class Relay:
 
         Returns whether a prefix was sent.
         """
+        self._in_block = self._surely_in_block(server)  # before this batch: see the ATOMIC check
         needed = context and (self._owed or self._may_be_idle(server))
         prefixed = needed and not leads
         if needed and leads:
@@ -472,6 +487,9 @@ class Relay:
         self.statements += 1
         if action == "in_band":
             self._in_band_query(server, sql, verdict, to_server)
+            return
+        if verdict.flow & ATOMIC and not self._surely_in_block(server):
+            self._refuse_query(server, "needs_transaction_block", NEEDS_BLOCK, to_server)
             return
         if self._on_statement is not None:
             self._on_statement(sql)
@@ -728,6 +746,11 @@ class Relay:
             verdict = self._classifier.verdict(data[name_end + 1 : sql_end])
             return verdict.action == "allow" and not verdict.flow
         return not (self._flows or self._portal_flows)  # a Bind: else its portal's flow is noted
+
+    @staticmethod
+    def _surely_in_block(server: ServerState) -> bool:
+        """Inside an explicit transaction block: the last status said so and nothing is in flight."""
+        return server.tx_status == codes.TX_IN_BLOCK and not server.pending
 
     @staticmethod
     def _may_be_idle(server: ServerState) -> bool:
