@@ -11,23 +11,29 @@ from __future__ import annotations
 import functools
 from typing import Final, NamedTuple
 
-from rlsproxy.wire import codes
+from rlsproxy.session.in_band import HELD_STATE, REFUSED_CAST
+from rlsproxy.wire import backend as be
+from rlsproxy.wire import codes, sqlstate
 from rlsproxy.wire import frontend as fe
 from rlsproxy.wire.backend import message
 
 RESERVED_PREFIX: Final = "rlsproxy_"  # statement and portal names no client may use (guard.py)
 CONTEXT_STATEMENT: Final = "rlsproxy_ctx"
 CONTEXT_SQL: Final = "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)"
-# The same, unless the client already switched this transaction's identity in-band (in_band.py
-# marks it with rlsproxy.in_band, a setting clients cannot write): a prefix pipelined later in the
-# same transaction must not undo that switch. Used only where that can happen (a session that has
-# switched in-band, prefix pipelined behind unanswered messages): its CASEs cost Postgres a few µs.
+# For sessions that have switched identity in-band (in_band.py), every prefix: the same, unless
+# the client already switched this transaction's identity (in_band.py marks it with
+# rlsproxy.in_band, a setting clients cannot write), so that a prefix pipelined later in the same
+# transaction does not undo that switch; and, where it does set the identity, it fails while the
+# session holds state made under another identity (in_band.HELD_STATE: a transaction under the
+# session's own identity must not read a cursor or temporary table an in-band identity filled).
+# Its CASEs and checks cost Postgres some µs: sessions that never switched use the plain one.
 KEEPING_STATEMENT: Final = "rlsproxy_ctx_keep"
 KEEPING_SQL: Final = (
-    "SELECT set_config('role', CASE WHEN current_setting('rlsproxy.in_band', true) = 'on' "
-    "THEN current_setting('role') ELSE $1 END, true), "
-    "set_config('request.jwt.claims', CASE WHEN current_setting('rlsproxy.in_band', true) = 'on' "
-    "THEN current_setting('request.jwt.claims', true) ELSE $2 END, true)"
+    "SELECT set_config('role', k.role, true), set_config('request.jwt.claims', k.claims, true) FROM ("
+    "SELECT CASE WHEN current_setting('rlsproxy.in_band', true) = 'on' THEN current_setting('role') "
+    f"WHEN {HELD_STATE} THEN {REFUSED_CAST}::text ELSE $1 END AS role, "
+    "CASE WHEN current_setting('rlsproxy.in_band', true) = 'on' "
+    "THEN current_setting('request.jwt.claims', true) ELSE $2 END AS claims) AS k"
 )
 TEXT_OID: Final = 25
 
@@ -75,7 +81,16 @@ class Prefix(NamedTuple):
 # Placeholder statement sent in place of a refused client message. Postgres fails it at parse
 # time with a syntax error naming this word, which the relay recognises and replaces with the
 # refusal: the server's transaction is aborted exactly as a real error would abort it.
-REFUSAL_MARKER: Final = "RLSPROXY_REFUSED"
+REFUSAL_MARKER: Final = "RLSPROXY_REFUSED"  # (also in in_band.REFUSED_CAST's error)
+# What a client sees when Postgres finds state held across an identity switch (in_band.HELD_STATE).
+HELD_STATE_REFUSED: Final = be.error_response(
+    sqlstate.FEATURE_NOT_SUPPORTED,
+    "rlsproxy: identity change refused: the session holds state made under another identity "
+    "(a WITH HOLD cursor, a temporary table, LISTEN or an advisory lock), which the next "
+    "identity must not see or act through",
+    hint="CLOSE the cursor, drop the temporary table, UNLISTEN and pg_advisory_unlock_all() in the "
+    "transaction that made them, or run DISCARD ALL; or give such work a connection of its own",
+)
 REFUSAL_QUERY: Final = fe.query(REFUSAL_MARKER)
 REFUSAL_PARSE: Final = fe.parse("", REFUSAL_MARKER)
 

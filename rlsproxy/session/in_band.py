@@ -34,10 +34,28 @@ _APPLY = (
     f" AND set_config('request.jwt.claims', {_PAYLOAD}->>'claims', true) IS NOT NULL"
     " AND set_config('rlsproxy.in_band', 'on', true) IS NOT NULL"
 )
+# Session state that holds rows read, or acts, under the identity in force when it was made: a
+# WITH HOLD cursor, a temporary relation, a LISTEN, an advisory lock. None of it may outlive a
+# switch to another identity, so a switch while any exists fails (checked by Postgres, where the
+# state is, not tracked by the proxy): the refusal marker in the error ("role ... does not
+# exist", from a cast evaluated only in that branch) lets the relay show its own message.
+HELD_STATE: Final = (
+    "(EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable)"
+    " OR (pg_catalog.pg_my_temp_schema() <> 0 AND EXISTS"
+    " (SELECT FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()))"
+    " OR EXISTS (SELECT FROM pg_catalog.pg_listening_channels())"
+    " OR EXISTS (SELECT FROM pg_catalog.pg_locks"
+    " WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()))"
+)
+# context.REFUSAL_MARKER, quoted so that the error names it as written
+REFUSED_CAST: Final = """('"RLSPROXY_REFUSED"'::text)::regrole"""
 # Same reply as set_config(): one text column named set_config holding the value set.
-SET_CONFIG_SQL: Final = f"SELECT CASE WHEN {_APPLY} THEN {_PAYLOAD}->>'value' END AS set_config"
+SET_CONFIG_SQL: Final = (
+    f"SELECT CASE WHEN {HELD_STATE} THEN {REFUSED_CAST}::text"
+    f" WHEN {_APPLY} THEN {_PAYLOAD}->>'value' END AS set_config"
+)
 # No rows and no columns; the relay replaces its "SELECT 0" tag with SET or RESET.
-SET_SQL: Final = f"SELECT WHERE NOT ({_APPLY})"
+SET_SQL: Final = f"SELECT WHERE CASE WHEN {HELD_STATE} THEN {REFUSED_CAST} IS NULL ELSE NOT ({_APPLY}) END"
 
 
 @dataclass(frozen=True, slots=True)

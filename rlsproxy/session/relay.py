@@ -448,8 +448,8 @@ class Relay:
             self._owed = False
             # Behind unanswered messages, after this session switched in-band, the transaction
             # may hold a switch: use the context statement that keeps it.
-            keeping = self._switched and bool(server.pending)
-            to_server.append(server.context_messages(self.prefix, keeping=keeping))
+            # After an in-band switch the statement that keeps a switch and checks for held state.
+            to_server.append(server.context_messages(self.prefix, keeping=self._switched))
             server.pending.append(PREFIX_ENTRY)
             self.transactions += 1
         self._open = Pending(CLIENT)
@@ -632,9 +632,11 @@ class Relay:
             messages = _QUERY_SWITCH_HEAD + _parse_query_switch(SET_SQL) + fe.bind(_QUERY_SWITCH, value)
         messages += fe.execute()
         self._open_batch(server, to_server, context=False)
-        entry = self._open
+        entry: Pending | None = self._open  # (declared: mypy narrowed self._open to None above)
         assert entry is not None
         entry.translated = entry.watch = True
+        # Shown if Postgres finds state held (in_band.HELD_STATE).
+        entry.replacement = context.HELD_STATE_REFUSED
         tag = switch.tag
         if tag is not None:
             entry.retag(0, tag)
@@ -709,6 +711,11 @@ class Relay:
         value = payload(role, claims, token).encode()
         bind = parts._replace(statement=server_name, param_formats=(), params=(value,))
         to_server.append(fe.build_bind(bind))
+        entry = self._open
+        assert entry is not None
+        if entry.replacement is None:  # shown if Postgres finds state held (in_band.HELD_STATE)
+            entry.replacement = context.HELD_STATE_REFUSED
+            entry.watch = True
         if switch.form != "set_config":  # the proxy's SELECT answers "SELECT 0": the client sees SET
             self._portal_flows[parts.portal] = NO_CONTEXT | (_TAG_SET if switch.form == "set" else _TAG_RESET)
 

@@ -150,7 +150,7 @@ class ServerState:
                             head.inject_at = -1
                             swallow = False
                             self.forget_context()
-                            to_client.append(view[pos:end])
+                            to_client.append(self._prefix_error(data[pos:end]))
                             self._after_failed_prefix(head, to_server)
                         fwd = end
                     elif head.translated and t in _TRANSLATION_ONLY:
@@ -227,7 +227,7 @@ class ServerState:
                     pending.popleft()
                     prefix_start = -1
                     self.forget_context()
-                    to_client.append(view[pos:end])
+                    to_client.append(self._prefix_error(data[pos:end]))
                     batch = pending[0] if pending else None
                     self._after_failed_prefix(batch, to_server)
                 fwd = end
@@ -262,6 +262,11 @@ class ServerState:
                 fields["P"] = str(int(fields["P"]) + head.offsets[head.stmt_index])
                 return be.fields_message(codes.ERROR_RESPONSE, fields)
         return raw
+
+    @staticmethod
+    def _prefix_error(raw: bytes) -> bytes:
+        """A failed prefix's error, or the proxy's own where Postgres found state held (context.py)."""
+        return context.HELD_STATE_REFUSED if _MARKER in raw else raw
 
     @staticmethod
     def _after_failed_prefix(batch: Pending | None, to_server: Chunks) -> None:

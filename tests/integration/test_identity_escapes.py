@@ -439,3 +439,59 @@ def test_a_procedure_without_transaction_control_runs_in_a_block(proxy: RunningP
             assert cur.nextset() and cur.fetchone() == (f"authenticated {ALICE}",)
     finally:
         pg.psql("DROP PROCEDURE IF EXISTS public.rlsproxy_who(text)")
+
+
+# -- class 4: session state made under one identity does not survive a change of identity ------------
+
+PRIVATE = "select count(*) from notes where not is_public"
+
+
+def _switch(conn: psycopg.Connection[Any], user: str) -> None:
+    conn.execute("select set_config('rlsproxy.jwt', %s, true)", [token_for(user)])
+
+
+@pytest.mark.parametrize(
+    ("make", "read"),
+    [
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT title FROM notes WHERE NOT is_public", "FETCH ALL FROM c"),
+        ("CREATE TEMP TABLE t AS SELECT title FROM notes WHERE NOT is_public", "SELECT title FROM t"),
+        ("LISTEN alice_channel", "SELECT 1"),
+        ("SELECT pg_advisory_lock(42)", "SELECT 1"),
+    ],
+)
+def test_state_held_from_one_identity_blocks_the_next(
+    proxy: RunningProxy, pg: Any, make: str, read: str
+) -> None:
+    """App-pool model: one anonymous connection, an in-band switch per transaction. Alice's
+    transaction leaves state behind; neither Bob's switch nor a transaction under the startup
+    identity runs while it exists (they would FETCH Alice's private rows), and all goes on once
+    DISCARD ALL removed it."""
+    pg.psql("GRANT TEMPORARY ON DATABASE app TO authenticated")
+    with psycopg.connect(proxy.dsn(token="")) as conn:
+        _switch(conn, ALICE)
+        conn.execute(make)
+        conn.commit()
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="holds state"):
+            _switch(conn, BOB)
+        conn.rollback()
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="holds state"):
+            conn.execute(read).fetchall()  # the startup identity (anon) is another identity too
+        conn.rollback()
+        conn.autocommit = True
+        conn.execute("DISCARD ALL")  # runs without a context: removes it all
+        conn.autocommit = False
+        _switch(conn, BOB)
+        assert conn.execute(WHO).fetchone() == ("authenticated", BOB)
+        assert conn.execute(PRIVATE).fetchone() == (1,)  # Bob's own private note only
+        conn.rollback()
+
+
+def test_state_made_and_removed_within_the_transaction_is_no_obstacle(proxy: RunningProxy) -> None:
+    with psycopg.connect(proxy.dsn(token="")) as conn:
+        _switch(conn, ALICE)
+        conn.execute("DECLARE c CURSOR WITH HOLD FOR SELECT title FROM notes")
+        conn.execute("CLOSE c")
+        conn.commit()
+        _switch(conn, BOB)
+        assert conn.execute(WHO).fetchone() == ("authenticated", BOB)
+        conn.rollback()
