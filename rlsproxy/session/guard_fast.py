@@ -77,7 +77,9 @@ _FLOW_BY_TOKEN: Final = {
     "ROLLBACK": NO_CONTEXT | ENDS,
     "ABORT_P": NO_CONTEXT | ENDS,
 }
-_FLOW_BY_WORD: Final = {name.removesuffix("_P").lower(): flow for name, flow in _FLOW_BY_TOKEN.items()}
+_FLOW_BY_FIRST: Final = {
+    name[0].lower(): ((name.removesuffix("_P").lower(), flow),) for name, flow in _FLOW_BY_TOKEN.items()
+}
 
 # The leading keyword of _FAST_FIRST as written (the scanner's token names drop the _P suffix).
 _FAST_WORDS: Final = frozenset(name.removesuffix("_P") for name in _FAST_FIRST)
@@ -136,14 +138,22 @@ def _starts_with_fast_word(lowered: str) -> bool:
 
 def plain_flow(sql: str) -> int:
     """The flow of a text plainly_allowed allows (its first keyword decides; see NO_CONTEXT)."""
-    match = _LEADING_WORD.match(sql)
-    if match is not None:
-        return _FLOW_BY_WORD.get(match.group(1).lower(), 0)
-    try:  # a comment or something else before the first word: the scanner's first token
+    text = sql.lstrip(_SPACE)
+    candidates = _FLOW_BY_FIRST.get(text[:1].lower())
+    if candidates is not None:
+        head = text[:9].lower()  # the longest word is "rollback"
+        for word, flow in candidates:
+            if head.startswith(word) and head[len(word) : len(word) + 1] not in _IDENTIFIER_CHARS:
+                return flow
+        return 0
+    if text[:1] not in ("-", "/"):
+        return 0  # select, insert, update, ...
+    try:  # a comment before the first word: the scanner's first token
         tokens = parser.scan(sql)
     except (ParseError, UnicodeError, ValueError):
         return 0
-    return _FLOW_BY_TOKEN.get(tokens[0].name, 0) if tokens else 0
+    words = [token.name for token in tokens if token.name not in ("C_COMMENT", "SQL_COMMENT")]
+    return _FLOW_BY_TOKEN.get(words[0], 0) if words else 0
 
 
 def plainly_allowed(sql: str) -> bool:

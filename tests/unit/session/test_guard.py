@@ -468,6 +468,8 @@ def test_an_in_band_switch_may_lead_a_query_string() -> None:
         ("commit and chain", 1, (), NO_CONTEXT | ENDS),
         ("reset all", 1, (), NO_CONTEXT | ENDS),
         ("savepoint a", 0, (), 0),
+        ("/* why */ COMMIT", 1, (), NO_CONTEXT | ENDS),
+        ("-- a comment\n  Begin", 1, (), NO_CONTEXT),
     ],
 )
 def test_where_the_context_goes(sql: str, leading: int, reapply: tuple[int, ...], flow: int) -> None:
@@ -476,6 +478,10 @@ def test_where_the_context_goes(sql: str, leading: int, reapply: tuple[int, ...]
     verdict = classify(sql)
     assert (verdict.leading, verdict.reapply, verdict.flow) == (leading, reapply, flow), verdict
     assert classify(sql, fast=False) == verdict
+    if verdict.action == "allow" and ";" not in sql:
+        from rlsproxy.session.guard_fast import plain_flow
+
+        assert plain_flow(sql) == verdict.flow & (NO_CONTEXT | ENDS)  # the relay's cheap reading agrees
 
 
 @pytest.mark.parametrize("sql", ALLOWED)
