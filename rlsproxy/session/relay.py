@@ -337,6 +337,11 @@ class Relay:
                     if self._open is None:
                         fwd = self._flush(view, fwd, pos, to_server)
                         self._open_batch(server, to_server, context=True)
+                    elif self._owed and (t == codes.PARSE or t == codes.BIND):
+                        # A statement that needs the context: Postgres analyses it at Parse and plans
+                        # it at Bind as the role in force then, so the context goes before both.
+                        fwd = self._flush(view, fwd, pos, to_server)
+                        to_server.append(self._inject(server, self._open))
                 else:
                     fwd = self._flush(view, fwd, pos, to_server)
                     self._extended(server, t, data[pos + 5 : end], view[pos:end], to_server)
@@ -794,6 +799,8 @@ class Relay:
                     context=verdict.action != "discard_all",
                     leads=verdict.flow & NO_CONTEXT != 0,
                 )
+            elif self._owed and not verdict.flow & NO_CONTEXT:  # before its Parse: see feed_client
+                to_server.append(self._inject(server, self._open))
             if verdict.action in ("discard_all", "deallocate_all"):
                 self._forget_statements(server)
             if self._restore and verdict.action in ("discard_all", "reset_all"):
@@ -817,6 +824,8 @@ class Relay:
                         self._portal_flows.pop(portal, None)
                 if self._open is None and flow & NO_CONTEXT:
                     self._open_batch(server, to_server, context=True, leads=True)
+                elif self._open is not None and self._owed and not flow & NO_CONTEXT:
+                    to_server.append(self._inject(server, self._open))  # before its Bind: see feed_client
             else:
                 kind, name = fe.target(body)
                 if kind != ord("S"):
