@@ -41,6 +41,7 @@ from rlsproxy.wire.framing import STREAM_AT, Carry
 
 _HEADER: Final = struct.Struct("!BI")  # message type, length (which counts itself, not the type byte)
 _FORWARD_ONLY: Final = frozenset((codes.FLUSH,))
+_BODY_NOT_EMPTY: Final = "malformed %s message: it has no body"
 _EXTENDED: Final = frozenset((codes.PARSE, codes.BIND, codes.DESCRIBE, codes.CLOSE))
 _PORTAL: Final = ord("P")
 # Portal flow bits beyond guard_fast's: an in-band SET or RESET, whose CommandComplete is replaced.
@@ -382,6 +383,8 @@ class Relay:
                     nul = data.find(0, pos + 5, end)
                     self._on_statement(self._portal_sql.get(data[pos + 5 : nul], b"") if nul > 0 else b"")
             elif t == codes.SYNC:
+                if length != 4:
+                    raise ProtocolViolation(_BODY_NOT_EMPTY % "Sync")
                 self._end_batch(server)
                 self._syncs_after_execute += 1
                 if self._restore_after_sync:
@@ -399,7 +402,8 @@ class Relay:
                         fwd = self._flush(view, fwd, end, to_server)
                         to_server.append(fe.SYNC)
             elif t in _FORWARD_ONLY:
-                pass
+                if length != 4:  # Postgres fails it and skips to Sync: the proxy could not follow
+                    raise ProtocolViolation(_BODY_NOT_EMPTY % "Flush")
             elif t == codes.FUNCTION_CALL:
                 fwd = self._flush(view, fwd, pos, to_server)
                 self._refuse_query(server, "function_call", FUNCTION_CALL_REFUSED, to_server)
@@ -437,12 +441,12 @@ class Relay:
     # -- batches ------------------------------------------------------------------------------
     def _open_batch(
         self, server: ServerState, to_server: Chunks, *, context: bool, leads: bool = False
-    ) -> bool:
+    ) -> Pending:
         """Start a client batch; put the context prefix first unless surely inside a transaction
         that has it, or unless the batch `leads` with a statement that needs no context (then the
         context is owed to the first one that does).
 
-        Returns whether a prefix was sent.
+        Returns the batch's entry (also `self._open`).
         """
         self._in_block = self._surely_in_block(server)  # before this batch: see the ATOMIC check
         needed = context and (self._owed or self._may_be_idle(server))
@@ -457,10 +461,10 @@ class Relay:
             to_server.append(server.context_messages(self.prefix, keeping=self._switched))
             server.pending.append(PREFIX_ENTRY)
             self.transactions += 1
-        self._open = Pending(CLIENT)
-        server.pending.append(self._open)
+        entry = self._open = Pending(CLIENT)
+        server.pending.append(entry)
         self._since_execute = 0
-        return prefixed
+        return entry
 
     def _inject(self, server: ServerState, entry: Pending, position: int = -1) -> bytes:
         """The context prefix inside a client batch, after the client's `position` statements of a
@@ -512,10 +516,7 @@ class Relay:
         else:
             # Inside the client's transaction, which has its context (or DISCARD ALL, or behind
             # unsynced messages of the client's): the Query goes as it came.
-            if self._open is None:
-                self._open_batch(server, to_server, context=False)
-            entry = self._open
-            assert entry is not None
+            entry = self._open or self._open_batch(server, to_server, context=False)
             if self._owed and verdict.leading == 0:
                 to_server.append(self._inject(server, entry))
             to_server.append(raw)
@@ -544,9 +545,7 @@ class Relay:
             self._refuse_query(server, "copy_not_last", COPY_NOT_LAST_REFUSED, to_server)
             return
         leading = verdict.leading
-        self._open_batch(server, to_server, context=True, leads=leading > 0)
-        entry = self._open
-        assert entry is not None
+        entry = self._open_batch(server, to_server, context=True, leads=leading > 0)
         entry.translated = entry.watch = True
         if translation is None:
             to_server += (parse_head(len(sql)), sql, PARSE_TAIL_SYNC)
@@ -636,9 +635,7 @@ class Relay:
         else:
             messages = _QUERY_SWITCH_HEAD + _parse_query_switch(SET_SQL) + fe.bind(_QUERY_SWITCH, value)
         messages += fe.execute()
-        self._open_batch(server, to_server, context=False)
-        entry: Pending | None = self._open  # (declared: mypy narrowed self._open to None above)
-        assert entry is not None
+        entry = self._open_batch(server, to_server, context=False)
         entry.translated = entry.watch = True
         # Shown if Postgres finds state held (in_band.HELD_STATE).
         entry.replacement = context.HELD_STATE_REFUSED
@@ -666,10 +663,9 @@ class Relay:
         if name and name in self._in_band_statements:
             self._refuse_extended(server, "statement_exists", _already_exists(name), to_server)
             return
-        if self._open is None:  # the switch is the transaction's context: no prefix before it
-            self._open_batch(server, to_server, context=True, leads=True)
-        entry = self._open
-        assert entry is not None
+        entry = self._open or self._open_batch(
+            server, to_server, context=True, leads=True
+        )  # the switch is the transaction's context: no prefix before it
         # Same parameter type as the client declared for its $1 (a literal token has none).
         types = fe.parse_param_types(body)[:1] if switch.param is not None else ()
         sql = SET_CONFIG_SQL if switch.form == "set_config" else SET_SQL
@@ -847,10 +843,7 @@ class Relay:
 
     def _refuse_extended(self, server: ServerState, rule: str, error: bytes, to_server: Chunks) -> None:
         """Send a placeholder that fails at Parse, so Postgres aborts and skips to Sync as it would."""
-        if self._open is None:
-            self._open_batch(server, to_server, context=False)
-        entry = self._open
-        assert entry is not None
+        entry = self._open or self._open_batch(server, to_server, context=False)
         if entry.replacement is None:
             entry.replacement = error
             entry.watch = True
@@ -858,10 +851,7 @@ class Relay:
         self._refused(rule)
 
     def _refuse_query(self, server: ServerState, rule: str, error: bytes, to_server: Chunks) -> None:
-        if self._open is None:
-            self._open_batch(server, to_server, context=False)
-        entry = self._open
-        assert entry is not None
+        entry = self._open or self._open_batch(server, to_server, context=False)
         entry.needs_sync = True
         if entry.replacement is None:
             entry.replacement = error
