@@ -74,7 +74,7 @@ def login_role_posture(config: Config) -> tuple[list[Finding], list[Finding]]:
     """
     import psycopg
 
-    from rlsproxy.doctor.base import Context, end_user_roles
+    from rlsproxy.doctor.checks import login_context
     from rlsproxy.doctor.checks_roles import login_role_privileged, service_login_shared
 
     up = config.upstream
@@ -95,13 +95,7 @@ def login_role_posture(config: Config) -> tuple[list[Finding], list[Finding]]:
     elif up.sslmode in ("verify-ca", "verify-full"):
         params["sslrootcert"] = "system"  # as the pool does: the system's trust store
     with psycopg.connect(autocommit=True, **params) as conn:
-        ctx = Context(
-            conn=conn,
-            config=config,
-            schemas=(),
-            server_version=conn.info.server_version,
-            end_user_roles=end_user_roles(config),
-        )
+        ctx = login_context(conn, config)
         refusing = login_role_privileged(ctx)
         shared = service_login_shared(ctx)
     if up.service_user is not None:

@@ -121,14 +121,19 @@ def examine(conn: psycopg.Connection[Any], config: Config, schemas: Sequence[str
     )
 
 
-def _context(conn: psycopg.Connection[Any], config: Config, schemas: Sequence[str] | None) -> Context:
-    ctx = Context(
+def login_context(conn: psycopg.Connection[Any], config: Config) -> Context:
+    """What the login-role checks need (serve runs them at start and reload, proxy.py)."""
+    return Context(
         conn=conn,
         config=config,
         schemas=(),
         server_version=conn.info.server_version,
         end_user_roles=end_user_roles(config),
     )
+
+
+def _context(conn: psycopg.Connection[Any], config: Config, schemas: Sequence[str] | None) -> Context:
+    ctx = login_context(conn, config)
     ctx.existing_end_user_roles = tuple(r for (r,) in ctx.rows(_EXISTING_ROLES, (list(ctx.end_user_roles),)))
     if schemas:
         missing = [s for (s,) in ctx.rows(_MISSING_SCHEMAS, (list(schemas),))]

@@ -19,7 +19,7 @@ from rlsproxy.wire import frontend as fe
 from rlsproxy.wire.backend import message, parse_fields
 from tests.integration.conftest import token_for
 from tests.support.proxy import RunningProxy
-from tests.support.rawpg import Message, RawConnection
+from tests.support.rawpg import Message, RawConnection, data_rows, errors
 
 WHO = "select current_user::text, coalesce(auth.uid()::text, 'none')"
 SWITCH = "select set_config('rlsproxy.jwt', $1, true)"
@@ -37,24 +37,6 @@ def raw(proxy: RunningProxy, token: str) -> RawConnection:
     return conn
 
 
-def rows(replies: list[Message]) -> list[list[str | None]]:
-    out = []
-    for t, body in replies:
-        if t == "D":
-            count, pos, row = int.from_bytes(body[:2], "big"), 2, []
-            for _ in range(count):
-                n = int.from_bytes(body[pos : pos + 4], "big", signed=True)
-                pos += 4
-                row.append(None if n < 0 else body[pos : pos + n].decode())
-                pos += max(n, 0)
-            out.append(row)
-    return out
-
-
-def errors(replies: list[Message]) -> list[dict[str, str]]:
-    return [parse_fields(body) for t, body in replies if t == "E"]
-
-
 def who_in_same_batch() -> bytes:
     """Messages that report the identity, pipelined in the same transaction as what came before."""
     return fe.parse("", WHO) + fe.bind("", ()) + fe.execute()
@@ -62,7 +44,7 @@ def who_in_same_batch() -> bytes:
 
 def assert_still(conn: RawConnection, user: str, sub: str) -> None:
     conn.send(fe.query(WHO))
-    assert rows(conn.until_ready()) == [[user, sub]]
+    assert data_rows(conn.until_ready()) == [[user, sub]]
 
 
 # -- class 1: the in-band rewrite cannot be invoked with the client's own payload ---------------------
@@ -74,8 +56,8 @@ def test_sql_execute_of_a_named_in_band_statement_does_not_switch(proxy: Running
     assert [t for t, _ in conn.until_ready()] == ["1", "Z"]
     conn.send(fe.query(f"EXECUTE s1('{FORGED}'); {WHO}"))
     replies = conn.until_ready()
-    assert rows(replies) == [["authenticated", ALICE]] or errors(replies), replies
-    assert ["authenticated", BOB] not in rows(replies)
+    assert data_rows(replies) == [["authenticated", ALICE]] or errors(replies), replies
+    assert ["authenticated", BOB] not in data_rows(replies)
     assert_still(conn, "authenticated", ALICE)
 
 
@@ -91,7 +73,7 @@ def test_binding_the_in_band_statement_with_a_forged_payload_does_not_switch(
     for target in (name, ""):
         conn.send(fe.bind(target, (FORGED,)) + fe.execute() + who_in_same_batch() + fe.SYNC)
         replies = conn.until_ready()
-        assert ["authenticated", BOB] not in rows(replies), replies
+        assert ["authenticated", BOB] not in data_rows(replies), replies
         assert errors(replies), replies  # the forged payload is no token
     assert_still(conn, "authenticated", ALICE)
 
@@ -102,7 +84,7 @@ def test_the_simple_protocol_switch_leaves_no_statement_a_client_can_bind(proxy:
     assert not errors(conn.until_ready())
     conn.send(fe.bind("", (FORGED,)) + fe.execute() + who_in_same_batch() + fe.SYNC)
     replies = conn.until_ready()
-    assert ["authenticated", BOB] not in rows(replies)
+    assert ["authenticated", BOB] not in data_rows(replies)
     assert errors(replies)[0]["C"] == "26000", replies  # no unnamed statement: as after a Query directly
     assert_still(conn, "authenticated", ALICE)
 
@@ -123,7 +105,7 @@ def test_the_proxys_statements_cannot_be_executed_by_name(proxy: RunningProxy, a
     conn.send(fe.query(f"BEGIN; {attack}; {WHO}"))
     replies = conn.until_ready()
     assert errors(replies)[0]["C"] == "42501", replies
-    assert ["authenticated", BOB] not in rows(replies)
+    assert ["authenticated", BOB] not in data_rows(replies)
     conn.send(fe.query("ROLLBACK"))
     conn.until_ready()
     assert_still(conn, "authenticated", ALICE)
@@ -136,7 +118,7 @@ def test_binding_a_reserved_name_is_refused(proxy: RunningProxy) -> None:
     for name in ("rlsproxy_ib_1", "rlsproxy_ib_query", "rlsproxy_ctx"):
         conn.send(fe.bind(name, (FORGED,)) + fe.execute() + who_in_same_batch() + fe.SYNC)
         replies = conn.until_ready()
-        assert errors(replies)[0]["C"] == "42501" and ["authenticated", BOB] not in rows(replies)
+        assert errors(replies)[0]["C"] == "42501" and ["authenticated", BOB] not in data_rows(replies)
     assert_still(conn, "authenticated", ALICE)
 
 
@@ -149,7 +131,7 @@ def test_describe_and_close_of_an_in_band_statement_behave_as_directly(proxy: Ru
     conn.send(message(codes.CLOSE, b"Ss1\0") + fe.SYNC)
     assert [t for t, _ in conn.until_ready()] == ["3", "Z"]
     conn.send(fe.parse("s1", "select 1") + fe.bind("s1", ()) + fe.execute() + fe.SYNC)  # the name is free
-    assert rows(conn.until_ready()) == [["1"]]
+    assert data_rows(conn.until_ready()) == [["1"]]
 
 
 def test_a_name_in_use_cannot_be_prepared_again(proxy: RunningProxy) -> None:
@@ -234,13 +216,13 @@ def test_settings_that_change_how_texts_are_read_cannot_be_changed(
         conn.send(batch + who_in_same_batch() + fe.SYNC)
         replies = conn.until_ready()
     assert errors(replies)[0]["C"] == "0A000" or errors(replies)[0]["C"] == "42501", errors(replies)
-    assert ["authenticated", BOB] not in rows(replies)
-    assert [BOB] not in rows(replies)
+    assert ["authenticated", BOB] not in data_rows(replies)
+    assert [BOB] not in data_rows(replies)
     conn.send(fe.query("ROLLBACK"))
     conn.until_ready()
     assert_still(conn, "authenticated", ALICE)
     conn.send(fe.query("show client_encoding"))
-    assert rows(conn.until_ready()) == [["UTF8"]]
+    assert data_rows(conn.until_ready()) == [["UTF8"]]
 
 
 @pytest.mark.parametrize(
@@ -293,7 +275,7 @@ def test_a_pinned_setting_changed_behind_the_guards_back_ends_the_session(
     try:
         conn = raw(proxy, token_for(ALICE))
         conn.send(fe.query("select pg_backend_pid()"))
-        pid = rows(conn.until_ready())[0][0]
+        pid = data_rows(conn.until_ready())[0][0]
         conn.send(fe.query("select public.rlsproxy_test_scs_off()"))
         replies: list[Message] = []
         try:

@@ -25,10 +25,9 @@ from psycopg import ClientCursor
 
 from rlsproxy.devcluster import ALICE
 from rlsproxy.wire import frontend as fe
-from rlsproxy.wire.backend import parse_fields
 from tests.integration.conftest import token_for
 from tests.support.proxy import RunningProxy
-from tests.support.rawpg import Message, RawConnection
+from tests.support.rawpg import Message, RawConnection, data_rows, errors
 
 TITLE = "ttc:"  # every note these tests write starts with it (deleted after each test)
 # The facts: role, auth.uid(), isolation level, seed notes visible (Alice 3, anon 2).
@@ -87,24 +86,6 @@ def ext(sql: str, *params: str, name: str = "") -> bytes:
     return fe.parse(name, sql) + fe.bind(name, params) + fe.execute()
 
 
-def rows(replies: list[Message]) -> list[list[str | None]]:
-    out = []
-    for t, body in replies:
-        if t == "D":
-            count, pos, row = int.from_bytes(body[:2], "big"), 2, []
-            for _ in range(count):
-                n = int.from_bytes(body[pos : pos + 4], "big", signed=True)
-                pos += 4
-                row.append(None if n < 0 else body[pos : pos + n].decode())
-                pos += max(n, 0)
-            out.append(row)
-    return out
-
-
-def errors(replies: list[Message]) -> list[dict[str, str]]:
-    return [parse_fields(body) for t, body in replies if t == "E"]
-
-
 def tags(replies: list[Message]) -> list[str]:
     return [body[:-1].decode() for t, body in replies if t == "C"]
 
@@ -116,7 +97,7 @@ def statuses(replies: list[Message]) -> list[str]:
 def assert_idle_as_alice(conn: RawConnection) -> None:
     conn.send(fe.query(WHO))
     replies = conn.until_ready()
-    assert rows(replies) == [alice_raw()] and statuses(replies) == ["I"], replies
+    assert data_rows(replies) == [alice_raw()] and statuses(replies) == ["I"], replies
 
 
 # == 1. isolation levels ============================================================================
@@ -258,7 +239,7 @@ def test_plain_begin_and_first_statement_in_one_extended_batch_run_as_alice(prox
         conn.send(ext("BEGIN") + ext(WHO) + fe.SYNC)
         replies = conn.until_ready()
         assert errors(replies) == [], replies
-        assert rows(replies) == [alice_raw()] and statuses(replies) == ["T"], replies
+        assert data_rows(replies) == [alice_raw()] and statuses(replies) == ["T"], replies
         conn.send(fe.query("COMMIT"))
         assert statuses(conn.until_ready()) == ["I"]
         assert_idle_as_alice(conn)
@@ -272,11 +253,11 @@ def test_isolation_level_in_one_query_string_and_one_pipeline(proxy: RunningProx
         conn.send(fe.query(f"BEGIN ISOLATION LEVEL SERIALIZABLE; {WHO}; COMMIT"))
         replies = conn.until_ready()
         assert errors(replies) == [], replies
-        assert rows(replies) == [alice_raw("serializable")] and statuses(replies) == ["I"]
+        assert data_rows(replies) == [alice_raw("serializable")] and statuses(replies) == ["I"]
         conn.send(ext("BEGIN ISOLATION LEVEL SERIALIZABLE") + ext(WHO) + ext("COMMIT") + fe.SYNC)
         replies = conn.until_ready()
         assert errors(replies) == [], replies
-        assert rows(replies) == [alice_raw("serializable")] and statuses(replies) == ["I"]
+        assert data_rows(replies) == [alice_raw("serializable")] and statuses(replies) == ["I"]
         assert_idle_as_alice(conn)
     finally:
         conn.close()
@@ -497,7 +478,7 @@ def test_statements_after_commit_in_one_pipeline_run_as_alice(
         replies = conn.until_ready()
         assert errors(replies) == [], replies
         assert tags(replies) == ["BEGIN", "INSERT 0 1", "COMMIT", "SELECT 1", "INSERT 0 1"], replies
-        assert rows(replies) == [alice_raw()] and statuses(replies) == ["I"]
+        assert data_rows(replies) == [alice_raw()] and statuses(replies) == ["I"]
         assert_idle_as_alice(conn)
     finally:
         conn.close()
@@ -526,7 +507,7 @@ def test_statements_after_commit_in_one_query_string_run_as_alice(proxy: Running
         conn.send(fe.query(f"BEGIN; {insert_sql('before')}; COMMIT; {WHO}; {insert_sql('after')}"))
         replies = conn.until_ready()
         assert errors(replies) == [], replies
-        assert rows(replies) == [alice_raw()] and statuses(replies) == ["I"]
+        assert data_rows(replies) == [alice_raw()] and statuses(replies) == ["I"]
     finally:
         conn.close()
     assert written(pg) == {"after": ALICE, "before": ALICE}
@@ -563,16 +544,16 @@ def test_chained_transaction_in_one_pipeline_and_query_string(proxy: RunningProx
         )
         replies = conn.until_ready()
         assert errors(replies) == [], replies
-        assert rows(replies) == [alice_raw("repeatable read")] and statuses(replies) == ["I"], replies
+        assert data_rows(replies) == [alice_raw("repeatable read")] and statuses(replies) == ["I"], replies
         conn.send(
             fe.query(f"BEGIN; {insert_sql('query-first')}; {end}; {WHO}; {insert_sql('query-chained')}")
         )
         replies = conn.until_ready()
         assert errors(replies) == [], replies
-        assert rows(replies) == [alice_raw()] and statuses(replies) == ["T"], replies
+        assert data_rows(replies) == [alice_raw()] and statuses(replies) == ["T"], replies
         conn.send(fe.query(f"{WHO}; COMMIT"))  # the chained transaction, in a later query
         replies = conn.until_ready()
-        assert rows(replies) == [alice_raw()] and statuses(replies) == ["I"], replies
+        assert data_rows(replies) == [alice_raw()] and statuses(replies) == ["I"], replies
         assert_idle_as_alice(conn)
     finally:
         conn.close()
@@ -626,11 +607,11 @@ def test_rollback_to_savepoint_in_one_query_string_and_one_pipeline(proxy: Runni
         conn.send(fe.query("; ".join([*SAVEPOINT_STEPS, WHO, insert_sql("query"), "COMMIT"])))
         replies = conn.until_ready()
         assert errors(replies) == [], replies
-        assert rows(replies)[-1] == alice_raw() and statuses(replies) == ["I"], replies
+        assert data_rows(replies)[-1] == alice_raw() and statuses(replies) == ["I"], replies
         conn.send(b"".join(ext(s) for s in [*SAVEPOINT_STEPS, WHO, insert_sql("pipe"), "COMMIT"]) + fe.SYNC)
         replies = conn.until_ready()
         assert errors(replies) == [], replies
-        assert rows(replies)[-1] == alice_raw() and statuses(replies) == ["I"], replies
+        assert data_rows(replies)[-1] == alice_raw() and statuses(replies) == ["I"], replies
         assert_idle_as_alice(conn)
     finally:
         conn.close()
@@ -670,13 +651,13 @@ def test_reset_all_in_one_query_string_and_one_pipeline(proxy: RunningProxy, pg:
         conn.send(fe.query(f"BEGIN; RESET ALL; {WHO}"))
         replies = conn.until_ready()
         assert errors(replies) == [], replies
-        assert rows(replies) == [alice_raw()] and statuses(replies) == ["T"], replies
+        assert data_rows(replies) == [alice_raw()] and statuses(replies) == ["T"], replies
         conn.send(fe.query(f"{insert_sql('query')}; COMMIT"))
         assert not errors(conn.until_ready())
         conn.send(ext("BEGIN") + ext(WHO) + ext("RESET ALL") + ext(WHO) + ext(insert_sql("pipe")) + fe.SYNC)
         replies = conn.until_ready()
         assert errors(replies) == [], replies
-        assert rows(replies) == [alice_raw(), alice_raw()] and statuses(replies) == ["T"], replies
+        assert data_rows(replies) == [alice_raw(), alice_raw()] and statuses(replies) == ["T"], replies
         conn.send(fe.query("COMMIT"))
         assert statuses(conn.until_ready()) == ["I"]
         assert_idle_as_alice(conn)
@@ -749,7 +730,7 @@ def test_in_band_switch_after_begin_serializable_raw_pipeline_and_query_string(
         )
         replies = conn.until_ready()
         assert errors(replies) == [], replies
-        assert rows(replies)[1:] == [alice_raw("serializable"), alice_raw("serializable")], replies
+        assert data_rows(replies)[1:] == [alice_raw("serializable"), alice_raw("serializable")], replies
         assert statuses(replies) == ["I"]
         switch = f"select set_config('rlsproxy.jwt', '{token}', true)"
         # Simple protocol: BEGIN, then a query string the switch leads (a switch must lead its string).
@@ -759,12 +740,14 @@ def test_in_band_switch_after_begin_serializable_raw_pipeline_and_query_string(
         )
         replies = conn.until_ready(2)
         assert errors(replies) == [], replies
-        assert rows(replies)[1:] == [alice_raw("serializable")] and statuses(replies) == ["T", "T"], replies
+        assert data_rows(replies)[1:] == [alice_raw("serializable")] and statuses(replies) == ["T", "T"], (
+            replies
+        )
         conn.send(fe.query(f"{WHO}; COMMIT"))  # the rest of that transaction, in a later query
         replies = conn.until_ready()
-        assert rows(replies) == [alice_raw("serializable")] and statuses(replies) == ["I"], replies
+        assert data_rows(replies) == [alice_raw("serializable")] and statuses(replies) == ["I"], replies
         conn.send(fe.query(WHO))
-        assert rows(conn.until_ready()) == [["anon", "none", "read committed", "2"]]
+        assert data_rows(conn.until_ready()) == [["anon", "none", "read committed", "2"]]
     finally:
         conn.close()
     assert written(pg) == {"query": ALICE, "raw": ALICE}

@@ -66,3 +66,23 @@ class RawConnection:
 def error_fields(msg: Message) -> dict[str, str]:
     assert msg[0] in ("E", "N"), msg
     return be.parse_fields(msg[1])
+
+
+def data_rows(replies: list[Message]) -> list[list[str | None]]:
+    """The DataRows among `replies`, each as its text values (None for NULL)."""
+    out = []
+    for t, body in replies:
+        if t == "D":
+            count, pos, row = int.from_bytes(body[:2], "big"), 2, []
+            for _ in range(count):
+                n = int.from_bytes(body[pos : pos + 4], "big", signed=True)
+                pos += 4
+                row.append(None if n < 0 else body[pos : pos + n].decode())
+                pos += max(n, 0)
+            out.append(row)
+    return out
+
+
+def errors(replies: list[Message]) -> list[dict[str, str]]:
+    """The fields of each ErrorResponse among `replies`."""
+    return [be.parse_fields(body) for t, body in replies if t == "E"]
