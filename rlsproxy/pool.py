@@ -373,12 +373,25 @@ class Pool:
         """A fresh login outside the pool's accounting (readiness probes); the caller closes it."""
         return await self._connect()
 
-    async def _connect(self, baseline: Settings = ()) -> ServerConnection:
+    async def _connect_once(self, baseline: Settings) -> ServerConnection:
         params = {**UPSTREAM_PARAMS, **dict(baseline)}
         login = UpstreamLogin(self._user, self._password, self._upstream.database, params)
+        conn: ServerConnection | None = None
         try:
             conn = await asyncio.wait_for(self._open(login, baseline), self._upstream.connect_timeout_s)
             await asyncio.wait_for(conn.ready(), self._upstream.connect_timeout_s)
+        except BaseException:
+            # A login that failed or took too long (or whose waiter was cancelled) is closed, never
+            # left to finish later outside the pool's accounting.
+            if conn is not None:
+                conn.close()
+            raise
+        return conn
+
+    async def _connect(self, baseline: Settings = ()) -> ServerConnection:
+        """A logged-in connection, or UpstreamUnavailable saying what went wrong."""
+        try:
+            return await self._connect_once(baseline)
         except ProxyError:
             self._connect_failed()
             raise
@@ -394,11 +407,12 @@ class Pool:
             ) from exc
         except (OSError, TimeoutError) as down:
             self._connect_failed()
+            limit = self._upstream.connect_timeout_s
+            why = str(down) or f"no login within {limit:g} s (upstream.connect_timeout_s)"
             raise UpstreamUnavailable(
-                f"rlsproxy: cannot connect to upstream PostgreSQL at {self._hostport}: {down or 'timed out'}",
+                f"rlsproxy: cannot connect to upstream PostgreSQL at {self._hostport}: {why}",
                 code=sqlstate.CANNOT_CONNECT_NOW,
             ) from down
-        return conn
 
     @property
     def _hostport(self) -> str:

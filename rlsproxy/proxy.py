@@ -63,6 +63,10 @@ DRAIN_POLL_S = 0.05
 ADMIN_SHUTDOWN_MESSAGE = "terminating connection due to administrator command"
 
 
+class LoginCheckFailed(Exception):
+    """The login-role check could not log in (the text says why)."""
+
+
 def login_role_posture(config: Config) -> tuple[list[Finding], list[Finding]]:
     """The doctor's login-role checks, run as upstream.user itself: (refusing, warnings).
 
@@ -70,8 +74,10 @@ def login_role_posture(config: Config) -> tuple[list[Finding], list[Finding]]:
     WITH INHERIT TRUE, tables it owns or holds privileges on) and, when upstream.service_user is set,
     a BYPASSRLS service role the login can still switch to (service-login-shared). Without a service
     login that membership is how service sessions bypass RLS, so it is only a warning. The catalog
-    reads need no privilege. Raises psycopg.Error (or OSError) when the login fails.
+    reads need no privilege. Raises LoginCheckFailed when the login fails.
     """
+    import traceback
+
     import psycopg
 
     from rlsproxy.doctor.checks import login_context
@@ -94,7 +100,16 @@ def login_role_posture(config: Config) -> tuple[list[Finding], list[Finding]]:
         params["sslrootcert"] = up.sslrootcert
     elif up.sslmode in ("verify-ca", "verify-full"):
         params["sslrootcert"] = "system"  # as the pool does: the system's trust store
-    with psycopg.connect(autocommit=True, **params) as conn:
+    try:
+        conn = psycopg.connect(autocommit=True, **params)
+    except (psycopg.Error, OSError) as exc:
+        # psycopg's exception holds, through its traceback's frames and a reference cycle, the
+        # half-open connection of a login that timed out: it would stay open until a garbage
+        # collection. Clearing the frames closes it now; only the text goes on.
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        traceback.clear_frames(exc.__traceback__)
+        raise LoginCheckFailed(reason) from None
+    with conn:
         ctx = login_context(conn, config)
         refusing = login_role_privileged(ctx)
         shared = service_login_shared(ctx)
@@ -313,7 +328,7 @@ class Proxy:
         up = config.upstream
         try:
             refusing, warnings = await asyncio.to_thread(login_role_posture, config)
-        except Exception as exc:  # psycopg.Error, OSError: the login itself failed
+        except Exception as exc:  # LoginCheckFailed; a query error after login too
             reason = " ".join(str(exc).split()) or type(exc).__name__
             log.warning("could not check the posture of login role %s (upstream.user): %s", up.user, reason)
             return []
