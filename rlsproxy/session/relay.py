@@ -49,6 +49,8 @@ _TAG_SET: Final = 16
 _TAG_RESET: Final = 32
 _TAGS: Final = _TAG_SET | _TAG_RESET
 _STATEMENT: Final = ord("S")
+# _forwards_unchanged's answer for a Describe or Close: no statement, so no context needed before it.
+_NOT_A_STATEMENT: Final = 256
 _RESERVED: Final = RESERVED_NAME_PREFIX.encode()
 _POSTGRES_LARGEST: Final = 0x3FFFFFFF  # Postgres refuses longer Bind and COPY data (PQ_LARGE_MESSAGE_LIMIT)
 _LITERAL_CHARS: Final = b"0123456789'$"  # what numbers, strings and dollar quotes are made of
@@ -258,6 +260,10 @@ class Relay:
         # have one; most sessions have none, and then Binds and Executes are not looked up.
         self._flows: dict[bytes, int] = {}
         self._portal_flows: dict[bytes, int] = {}
+        # The same for the unnamed statement and portal, which most clients use for everything
+        # (BEGIN and COMMIT too): fields, kept on the fast path, not dictionary entries.
+        self._unnamed_flow = 0
+        self._unnamed_portal_flow = 0
         # Replies the client's Parse/Bind/Describe/Close since its last Execute in the open batch
         # will get: a prefix put in before the next Execute comes after them (Pending.inject_skip).
         self._since_execute = 0
@@ -321,7 +327,7 @@ class Relay:
                             self._copy_started(server)
                         self._carry = Carry(passing=end - n)
                         pos = n
-                    elif t == codes.BIND and self._forwards_unchanged(t, data, pos, n):
+                    elif t == codes.BIND and self._forwards_unchanged(t, data, pos, n) >= 0:
                         if self._open is None:
                             fwd = self._flush(view, fwd, pos, to_server)
                             self._open_batch(server, to_server, context=True)
@@ -333,12 +339,13 @@ class Relay:
                 self._query(server, data[pos + 5 : end], view[pos:end], to_server)
                 fwd = end
             elif t in _EXTENDED:  # Parse, Bind, Describe, Close: most of an extended batch
-                if self._forwards_unchanged(t, data, pos, end):
+                flow = self._forwards_unchanged(t, data, pos, end)
+                if flow >= 0:
                     # Part of the run forwarded as one slice; a new batch still gets its prefix first.
                     if self._open is None:
                         fwd = self._flush(view, fwd, pos, to_server)
-                        self._open_batch(server, to_server, context=True)
-                    elif self._owed and (t == codes.PARSE or t == codes.BIND):
+                        self._open_batch(server, to_server, context=True, leads=flow & NO_CONTEXT != 0)
+                    elif self._owed and not flow & (NO_CONTEXT | _NOT_A_STATEMENT):
                         # A statement that needs the context: Postgres analyses it at Parse and plans
                         # it at Bind as the role in force then, so the context goes before both.
                         fwd = self._flush(view, fwd, pos, to_server)
@@ -352,12 +359,16 @@ class Relay:
                     2 if t == codes.DESCRIBE and end > pos + 5 and data[pos + 5] == _STATEMENT else 1
                 )
             elif t == codes.EXECUTE:
-                flow = 0
-                if self._portal_flows:
+                if end > pos + 5 and data[pos + 5] == 0:  # the unnamed portal
+                    flow = self._unnamed_portal_flow
+                elif self._portal_flows:
                     nul = data.find(0, pos + 5, end)
                     flow = self._portal_flows.get(data[pos + 5 : nul], 0) if nul > 0 else 0
-                in_block = self._in_block if self._open is not None else self._surely_in_block(server)
-                if flow & ATOMIC and not in_block:
+                else:
+                    flow = 0
+                if flow & ATOMIC and not (
+                    self._in_block if self._open is not None else self._surely_in_block(server)
+                ):
                     fwd = self._flush(view, fwd, pos, to_server)
                     self._refuse_extended(server, "needs_transaction_block", NEEDS_BLOCK, to_server)
                     fwd = pos = end
@@ -425,7 +436,9 @@ class Relay:
         up to Postgres' own limit (1 GB)."""
         if length < 4:
             raise ProtocolViolation(f"invalid message length {length}")
-        passes = t == codes.COPY_DATA or (t == codes.BIND and self._forwards_unchanged(t, data, pos, stop))
+        passes = t == codes.COPY_DATA or (
+            t == codes.BIND and self._forwards_unchanged(t, data, pos, stop) >= 0
+        )
         if not passes or length > _POSTGRES_LARGEST:
             raise ProtocolViolation(
                 f"a message of {length + 1} bytes is larger than the proxy's limit of {self._max} "
@@ -448,7 +461,8 @@ class Relay:
 
         Returns the batch's entry (also `self._open`).
         """
-        self._in_block = self._surely_in_block(server)  # before this batch: see the ATOMIC check
+        # Surely in a transaction block before this batch (see the ATOMIC check; inlined, per batch).
+        self._in_block = server.tx_status == codes.TX_IN_BLOCK and not server.pending
         needed = context and (self._owed or self._may_be_idle(server))
         prefixed = needed and not leads
         if needed and leads:
@@ -486,6 +500,9 @@ class Relay:
             server.pending.append(Pending(CLIENT, closed=True))
 
     def _query(self, server: ServerState, body: bytes, raw: Slice, to_server: Chunks) -> None:
+        # A Query replaces the unnamed statement and portal (here with its translation's, whose
+        # flows are not noted): a later Bind of them is taken to need the context.
+        self._unnamed_flow = self._unnamed_portal_flow = 0
         sql = fe.query_text(body)
         verdict = self._classifier.query_verdict(sql)
         action = verdict.action
@@ -685,12 +702,27 @@ class Relay:
         self._in_band_statements[name] = (switch, server_name)
         to_server.append(fe.parse(server_name.decode(), sql, types))
 
+    def _statement_flow(self, name: bytes) -> int:
+        if not name:
+            return self._unnamed_flow
+        return self._flows.get(name, 0) if self._flows else 0
+
+    def _note_portal(self, portal: bytes, flow: int) -> None:
+        """The flow of the statement a portal was bound to (read at its Execute)."""
+        if not portal:
+            self._unnamed_portal_flow = flow
+        elif flow:
+            self._portal_flows[portal] = flow
+        elif self._portal_flows:
+            self._portal_flows.pop(portal, None)
+
     def _forget_statements(self, server: ServerState) -> None:
         """DISCARD ALL or DEALLOCATE ALL: every prepared statement is gone, the proxy's too."""
         server.forget_context()
         self._in_band_statements.clear()
         self._flows.clear()
         self._portal_flows.clear()
+        self._unnamed_flow = self._unnamed_portal_flow = 0
 
     def _in_band_bind(
         self, server: ServerState, switch: InBand, server_name: bytes, body: bytes, to_server: Chunks
@@ -717,43 +749,64 @@ class Relay:
         if entry.replacement is None:  # shown if Postgres finds state held (in_band.HELD_STATE)
             entry.replacement = context.HELD_STATE_REFUSED
             entry.watch = True
-        if switch.form != "set_config":  # the proxy's SELECT answers "SELECT 0": the client sees SET
-            self._portal_flows[parts.portal] = NO_CONTEXT | (_TAG_SET if switch.form == "set" else _TAG_RESET)
+        # The switch is the context; the proxy's SELECT answers "SELECT 0" where the client sees SET.
+        tags = 0 if switch.form == "set_config" else _TAG_SET if switch.form == "set" else _TAG_RESET
+        self._note_portal(parts.portal, NO_CONTEXT | tags)
 
-    def _forwards_unchanged(self, t: int, data: bytes, pos: int, end: int) -> bool:
+    def _forwards_unchanged(self, t: int, data: bytes, pos: int, end: int) -> int:
         """The common case, decided on the raw bytes: this message goes upstream exactly as it came.
 
-        True for a Parse the guard allows as it is, a Bind of an ordinary statement, a Describe or
-        Close of a portal; never in audited sessions (they track statement SQL). Anything else,
-        and anything malformed, takes the full path in _extended.
+        For a Parse the guard allows as it is (of the unnamed statement, or of a named one with no
+        flow), a Bind of an ordinary statement, a Describe or Close of a portal: the flow of the
+        statement it prepares or binds (guard_fast.NO_CONTEXT, ...; _NOT_A_STATEMENT for Describe
+        and Close), noting the unnamed statement's and portal's. -1 for anything else, and
+        anything malformed, which takes the full path in _extended; never in audited sessions
+        (they track statement SQL).
         """
         if self._on_statement is not None:
-            return False
+            return -1
         start = pos + 5
-        if t == codes.DESCRIBE or t == codes.CLOSE:
-            return end > start and data[start] == _PORTAL  # portal names are never reserved
+        if t == codes.DESCRIBE or t == codes.CLOSE:  # portal names are never reserved
+            return _NOT_A_STATEMENT if end > start and data[start] == _PORTAL else -1
         name_end = data.find(0, start, end)
         if name_end < 0:
-            return False
+            return -1
+        portal = start
         if t == codes.BIND:  # the portal name comes first, then the statement's
             start = name_end + 1
             name_end = data.find(0, start, end)
             if name_end < 0:
-                return False
+                return -1
         # Most names are empty (the unnamed statement) or do not start with r/R: no slice needed.
         if name_end > start and data[start] | 0x20 == _LOWER_R and _reserved(data[start:name_end]):
-            return False
+            return -1
         if self._in_band_statements and data[start:name_end] in self._in_band_statements:
-            return False
+            return -1
         if t == codes.PARSE:
-            if self._flows and data[start:name_end] in self._flows:
-                return False
             sql_end = data.find(0, name_end + 1, end)
             if sql_end < 0:
-                return False
+                return -1
             verdict = self._classifier.verdict(data[name_end + 1 : sql_end])
-            return verdict.action == "allow" and not verdict.flow
-        return not (self._flows or self._portal_flows)  # a Bind: else its portal's flow is noted
+            if verdict.action != "allow":
+                return -1
+            if name_end == start:
+                self._unnamed_flow = flow = verdict.flow
+                return flow
+            if verdict.flow or (self._flows and data[start:name_end] in self._flows):
+                return -1  # a named statement's flow is noted in _extended
+            return 0
+        # A Bind: the portal takes the statement's flow.
+        if name_end == start:
+            flow = self._unnamed_flow
+        elif self._flows and data[start:name_end] in self._flows:
+            return -1
+        else:
+            flow = 0
+        if data[portal] == 0:
+            self._unnamed_portal_flow = flow
+        elif flow or (self._portal_flows and data[portal : start - 1] in self._portal_flows):
+            return -1
+        return flow
 
     @staticmethod
     def _surely_in_block(server: ServerState) -> bool:
@@ -784,7 +837,9 @@ class Relay:
                     self._refuse_extended(server, "statement_exists", _already_exists(name), to_server)
                     return
                 del self._in_band_statements[name]
-            if verdict.flow:
+            if not name:
+                self._unnamed_flow = verdict.flow
+            elif verdict.flow:
                 self._flows[name] = verdict.flow
             elif self._flows:
                 self._flows.pop(name, None)
@@ -811,13 +866,8 @@ class Relay:
                     return
                 if self._on_statement is not None:
                     self._portal_sql[body[: max(body.find(0), 0)]] = self._statement_sql.get(name, b"")
-                flow = self._flows.get(name, 0) if self._flows else 0
-                if flow or self._portal_flows:
-                    portal = body[: max(body.find(0), 0)]
-                    if flow:
-                        self._portal_flows[portal] = flow
-                    else:
-                        self._portal_flows.pop(portal, None)
+                flow = self._statement_flow(name)
+                self._note_portal(body[: max(body.find(0), 0)], flow)
                 if self._open is None and flow & NO_CONTEXT:
                     self._open_batch(server, to_server, context=True, leads=True)
                 elif self._open is not None and self._owed and not flow & NO_CONTEXT:
