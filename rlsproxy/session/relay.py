@@ -469,9 +469,8 @@ class Relay:
             self._owed = True
         if prefixed:
             self._owed = False
-            # Behind unanswered messages, after this session switched in-band, the transaction
-            # may hold a switch: use the context statement that keeps it.
-            # After an in-band switch the statement that keeps a switch and checks for held state.
+            # Once the session has switched in-band: the statement that keeps a switch made in this
+            # transaction and fails while state from another identity is held (context.KEEPING_SQL).
             to_server.append(server.context_messages(self.prefix, keeping=self._switched))
             server.pending.append(PREFIX_ENTRY)
             self.transactions += 1
