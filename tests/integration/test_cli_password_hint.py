@@ -12,8 +12,8 @@ import pytest
 
 from rlsproxy.config import RolesConfig
 from rlsproxy.devcluster import ALICE
-from rlsproxy.wire import backend as be
 from tests.integration.conftest import token_for
+from tests.integration.test_auth_proxy import startup_error
 from tests.support.proxy import RunningProxy
 from tests.support.rawpg import RawConnection
 
@@ -23,14 +23,7 @@ ANONYMOUS_WORDS = "options='-c rlsproxy.jwt=' (empty) for anonymous access"
 
 
 def password_refusal(proxy: RunningProxy, password: str) -> dict[str, str]:
-    raw = RawConnection(proxy.port, {"user": "app", "database": "app"}, password=password)
-    try:
-        kind, body = raw.greeting[-1]
-        assert kind == "E", raw.greeting
-        assert raw.closed_by_peer()
-        return be.parse_fields(body)
-    finally:
-        raw.close()
+    return startup_error(proxy, {}, password=password)
 
 
 def test_a_database_password_gets_the_hint(proxy: RunningProxy) -> None:
