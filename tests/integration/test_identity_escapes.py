@@ -192,6 +192,10 @@ def test_the_attacks_are_real(pg: Any, setup: str, attack: bytes) -> None:
         "SET standard_conforming_strings TO false",
         "select set_config('standard_conforming_strings', 'off', false)",
         "UPDATE pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'",
+        "PREPARE p AS SELECT set_config('client_encoding', 'SJIS', false); EXECUTE p",
+        "DO $$ BEGIN PERFORM set_config('standard_conforming_strings', 'off', false); END $$",
+        "CREATE FUNCTION pg_temp.scs() RETURNS void LANGUAGE sql SET standard_conforming_strings = off "
+        "AS 'SELECT 1'",
     ],
 )
 @pytest.mark.parametrize("form", ["one query", "pipelined queries", "extended pipeline"])
