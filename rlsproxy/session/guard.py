@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 from pglast import ast, enums
 from pglast.parser import ParseError
 
+from rlsproxy.session.context import RESERVED_PREFIX
 from rlsproxy.session.guard_fast import ATOMIC, ENDS, NO_CONTEXT, plain_flow, plainly_allowed
 from rlsproxy.session.guard_plpgsql import DynamicExecute, Unanalysable, controls_transactions, embedded_sql
 from rlsproxy.session.guard_support import needs_no_transaction, parse
@@ -32,7 +33,7 @@ __all__ = ["ALLOW", "RESERVED_NAME_PREFIX", "Guard", "Verdict", "classify", "is_
 
 Action = Literal["allow", "refuse", "discard_all", "deallocate_all", "reset_all", "in_band"]
 
-RESERVED_NAME_PREFIX: Final = "rlsproxy_"
+RESERVED_NAME_PREFIX: Final = RESERVED_PREFIX  # one definition, in context.py
 _SYNTAX_ERROR: Final = "42601"
 _STATEMENT_TOO_COMPLEX: Final = "54001"
 _HINT_IDENTITY: Final = "the role and claims come from the client's verified token"
